@@ -1,0 +1,22 @@
+"""rcnn_lab: Faster R-CNN from scratch in plain PyTorch, proven equal to torchvision.
+
+Every component mirrors torchvision 0.29's class names, keyword arguments, call conventions,
+return structures and ``state_dict`` keys, so torchvision's weights load unchanged.
+
+Shape letters used in every docstring and shape comment:
+
+    N  images in a batch            C  object classes (background included)
+    A  anchors per feature-map location
+    H, W  feature-map height and width (pixels of that level)
+    L  pyramid levels               K  RoIs (regions of interest) in a batch
+    G  ground-truth boxes           P  predictions (anchors or proposals) being matched
+    R  anchors of an image, summed over levels
+"""
+
+__version__ = "0.1.0"
+
+from rcnn_lab import ops  # noqa: E402
+
+# --- components (one line per module; keep this order) ---
+
+__all__ = ["ops", "__version__"]

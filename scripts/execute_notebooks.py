@@ -1,0 +1,141 @@
+#!/usr/bin/env python
+"""Re-execute chapter notebooks in place so that their stored outputs are what nbval compares.
+
+    python scripts/execute_notebooks.py                  # every book/*.ipynb
+    python scripts/execute_notebooks.py book/01_*.ipynb  # some chapters
+
+For every notebook it
+  1. makes the first cell the canonical Colab install cell (built from ``repository.url`` in
+     ``_config.yml``, the one place the repository address is written), tagged ``remove-cell``;
+  2. sets the kernelspec to ``python3``;
+  3. executes it with nbclient in the notebook's folder (as nbval does), without timing metadata,
+     storing the widget state (so the built book can render the widgets);
+  4. merges consecutive stream outputs and resolves carriage returns the way nbval does, so the
+     stored text is exactly what nbval will produce on re-execution.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+import yaml
+from nbclient import NotebookClient
+
+ROOT = Path(__file__).resolve().parents[1]
+COLAB_TAG = "remove-cell"
+KERNELSPEC = {"display_name": "Python 3", "language": "python", "name": "python3"}
+
+
+def repository_url() -> str:
+    """The repository address, read from ``_config.yml`` (the one place it is set)."""
+    config = yaml.safe_load((ROOT / "_config.yml").read_text())
+    return config["repository"]["url"].rstrip("/")
+
+
+def colab_cell_source(url: str | None = None) -> str:
+    """Source of the install cell that runs only in Colab (a no-op everywhere else)."""
+    url = url or repository_url()
+    return (
+        "# Installs rcnn_lab when this chapter runs in Google Colab; does nothing elsewhere.\n"
+        "import sys\n"
+        "\n"
+        'if "google.colab" in sys.modules:\n'
+        f'    %pip install -q "rcnn-lab @ git+{url}"'
+    )
+
+
+def ensure_colab_cell(nb: nbformat.NotebookNode) -> None:
+    """Insert (or refresh) the Colab install cell as the notebook's first cell."""
+    cell = nbformat.v4.new_code_cell(colab_cell_source())
+    cell.metadata["tags"] = [COLAB_TAG]
+    first = nb.cells[0] if nb.cells else None
+    if first is not None and COLAB_TAG in first.get("metadata", {}).get("tags", []):
+        first.source = cell.source
+        first.cell_type = "code"
+    else:
+        nb.cells.insert(0, cell)
+
+
+def _resolve_carriage_returns(text: str) -> str:
+    """Keep, on each line, only what follows the last ``\\r`` (what a terminal would show)."""
+    return "\n".join(line.rsplit("\r", 1)[-1] for line in text.split("\n"))
+
+
+def merge_streams(outputs: list) -> list:
+    """Merge consecutive stream outputs of one name, then resolve ``\\r`` (nbval's rule)."""
+    merged: list = []
+    for out in outputs:
+        if (
+            out.get("output_type") == "stream"
+            and merged
+            and merged[-1].get("output_type") == "stream"
+            and merged[-1].get("name") == out.get("name")
+        ):
+            merged[-1]["text"] += out["text"]
+        else:
+            merged.append(out)
+    for out in merged:
+        if out.get("output_type") == "stream":
+            out["text"] = _resolve_carriage_returns(out["text"])
+    return merged
+
+
+def clean(nb: nbformat.NotebookNode) -> None:
+    """Strip volatile metadata and normalise outputs after execution."""
+    nb.metadata["kernelspec"] = dict(KERNELSPEC)
+    nb.metadata.pop("papermill", None)
+    for cell in nb.cells:
+        cell.metadata.pop("execution", None)
+        if cell.cell_type == "code":
+            cell.outputs = merge_streams(cell.outputs)
+
+
+def execute(path: Path, timeout: int = 900) -> float:
+    """Execute one notebook in place; returns the seconds it took."""
+    nb = nbformat.read(path, as_version=4)
+    ensure_colab_cell(nb)
+    nb.metadata["kernelspec"] = dict(KERNELSPEC)
+    client = NotebookClient(
+        nb,
+        timeout=timeout,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(path.parent)}},
+        record_timing=False,
+        store_widget_state=True,
+        allow_errors=False,
+    )
+    start = time.perf_counter()
+    client.execute()
+    elapsed = time.perf_counter() - start
+    clean(nb)
+    nbformat.validate(nb)
+    nbformat.write(nb, path)
+    return elapsed
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry: execute the given notebooks (default: every chapter)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("notebooks", nargs="*", type=Path)
+    parser.add_argument("--timeout", type=int, default=900, help="seconds per cell")
+    args = parser.parse_args(argv)
+    paths = args.notebooks or sorted((ROOT / "book").glob("[0-9][0-9]_*.ipynb"))
+    if not paths:
+        print("no notebooks to execute", file=sys.stderr)
+        return 1
+    for path in paths:
+        if not re.search(r"\.ipynb$", str(path)):
+            print(f"skipping {path}: not a notebook", file=sys.stderr)
+            continue
+        seconds = execute(path.resolve(), timeout=args.timeout)
+        print(f"executed {path} in {seconds:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
