@@ -18,5 +18,6 @@ __version__ = "0.1.0"
 from rcnn_lab import ops  # noqa: E402
 
 # --- components (one line per module; keep this order) ---
+from rcnn_lab.image_list import ImageList  # noqa: E402
 
-__all__ = ["ops", "__version__"]
+__all__ = ["ops", "__version__", "ImageList"]
