@@ -19,7 +19,9 @@ from rcnn_lab import ops  # noqa: E402
 
 # --- components (one line per module; keep this order) ---
 from rcnn_lab.image_list import ImageList  # noqa: E402
+from rcnn_lab.anchors import AnchorGenerator  # noqa: E402
+from rcnn_lab.box_coder import BoxCoder  # noqa: E402
 from rcnn_lab.matcher import Matcher  # noqa: E402
 from rcnn_lab.sampler import BalancedPositiveNegativeSampler  # noqa: E402
 
-__all__ = ["ops", "__version__", "ImageList", "Matcher", "BalancedPositiveNegativeSampler"]
+__all__ = ["ops", "__version__", "ImageList", "AnchorGenerator", "BoxCoder", "Matcher", "BalancedPositiveNegativeSampler"]
