@@ -24,4 +24,12 @@ from rcnn_lab.box_coder import BoxCoder  # noqa: E402
 from rcnn_lab.matcher import Matcher  # noqa: E402
 from rcnn_lab.sampler import BalancedPositiveNegativeSampler  # noqa: E402
 
-__all__ = ["ops", "__version__", "ImageList", "AnchorGenerator", "BoxCoder", "Matcher", "BalancedPositiveNegativeSampler"]
+__all__ = [
+    "ops",
+    "__version__",
+    "ImageList",
+    "AnchorGenerator",
+    "BoxCoder",
+    "Matcher",
+    "BalancedPositiveNegativeSampler",
+]
