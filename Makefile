@@ -1,0 +1,74 @@
+# rcnn_lab: the two commands of the README are `make book` and `make test`.
+# Both set up everything on a fresh machine: .venv (torch 2.14.1 / torchvision 0.29.1 from the
+# local wheels), the package with its extras, the vendored book JavaScript (npm), and, for the
+# tests, Chromium from Debian.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.rcnn_lab-installed
+NBVAL  := --nbval --nbval-current-env --nbval-sanitize-with sanitize.cfg
+
+.PHONY: book test install vendor chromium lint unit nbval html browser execute lab bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(BIN)/python -m pip install --quiet -e ".[book,test]"
+	$(BIN)/python -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+_vendor/.stamp: scripts/vendor_js.sh
+	bash scripts/vendor_js.sh
+	touch $@
+
+vendor: _vendor/.stamp
+
+chromium:
+	bash scripts/ensure_chromium.sh
+
+## The book: HTML into _build/html, warnings are errors, rendered from the nbval-checked outputs.
+book: html
+
+html: install vendor
+	$(BIN)/jupyter-book build . -W -n --keep-going
+
+## Every test: lint, unit and parity tests, strict nbval of every chapter, the book build,
+## and the real-browser check of the built book.
+test: install vendor chromium
+	$(MAKE) lint
+	$(MAKE) unit
+	$(MAKE) nbval
+	$(MAKE) html
+	$(MAKE) browser
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+unit: install
+	$(BIN)/pytest tests -m "not browser"
+
+nbval: install
+	$(BIN)/pytest -p no:cacheprovider $(NBVAL) book
+
+browser: install chromium
+	$(BIN)/pytest tests -m browser
+
+## Re-execute chapters in place (all, or NB="book/01_boxes_iou_nms.ipynb").
+execute: install
+	$(BIN)/python scripts/execute_notebooks.py $(NB)
+
+## Open the chapters in JupyterLab.
+lab: install
+	$(BIN)/jupyter lab book/
+
+bench: install
+	$(BIN)/python benchmarks/bench_nms.py
+	$(BIN)/python benchmarks/bench_roi_align.py
+
+clean:
+	rm -rf _build .pytest_cache .ruff_cache
