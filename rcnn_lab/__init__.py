@@ -23,6 +23,13 @@ from rcnn_lab.anchors import AnchorGenerator  # noqa: E402
 from rcnn_lab.box_coder import BoxCoder  # noqa: E402
 from rcnn_lab.matcher import Matcher  # noqa: E402
 from rcnn_lab.sampler import BalancedPositiveNegativeSampler  # noqa: E402
+from rcnn_lab.frozen_batchnorm import FrozenBatchNorm2d  # noqa: E402
+from rcnn_lab.fpn import FeaturePyramidNetwork  # noqa: E402
+from rcnn_lab.backbone import (  # noqa: E402
+    BackboneWithFPN,
+    mobilenet_backbone,
+    resnet_fpn_backbone,
+)
 
 __all__ = [
     "ops",
@@ -32,4 +39,9 @@ __all__ = [
     "BoxCoder",
     "Matcher",
     "BalancedPositiveNegativeSampler",
+    "FrozenBatchNorm2d",
+    "FeaturePyramidNetwork",
+    "BackboneWithFPN",
+    "resnet_fpn_backbone",
+    "mobilenet_backbone",
 ]
