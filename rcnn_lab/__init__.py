@@ -30,6 +30,7 @@ from rcnn_lab.backbone import (  # noqa: E402
     mobilenet_backbone,
     resnet_fpn_backbone,
 )
+from rcnn_lab.transform import GeneralizedRCNNTransform  # noqa: E402
 
 __all__ = [
     "ops",
@@ -44,4 +45,5 @@ __all__ = [
     "BackboneWithFPN",
     "resnet_fpn_backbone",
     "mobilenet_backbone",
+    "GeneralizedRCNNTransform",
 ]

@@ -43,7 +43,8 @@ def _size_ratios(original_size: tuple[int, int], new_size: tuple[int, int], like
 def resize_boxes(
     boxes: Tensor, original_size: tuple[int, int], new_size: tuple[int, int]
 ) -> Tensor:
-    """Scale [G, 4] (x1, y1, x2, y2) boxes from an image of ``original_size`` (h, w) to ``new_size``.
+    """Scale [G, 4] (x1, y1, x2, y2) boxes from an image of ``original_size`` (h, w) to
+    ``new_size``.
 
     Returns a new [G, 4] tensor; ``boxes`` is left untouched.
     """
@@ -189,7 +190,7 @@ class GeneralizedRCNNTransform(nn.Module):
     def _resize_image_and_masks(
         self, image: Tensor, short_side: int, target: dict[str, Tensor] | None
     ) -> tuple[Tensor, dict[str, Tensor] | None]:
-        """Bilinear resize of [C, H, W] by one scale factor (or to ``fixed_size``); masks nearest."""
+        """Bilinear resize of [C, H, W] by one scale (or to ``fixed_size``); masks nearest."""
         if self.fixed_size is not None:
             size = [self.fixed_size[1], self.fixed_size[0]]  # fixed_size is (w, h)
             scale, recompute = None, None
