@@ -1,3 +1,6 @@
 """Detection operators in plain PyTorch, mirroring ``torchvision.ops``."""
 
-__all__: list[str] = []
+from rcnn_lab.ops.poolers import MultiScaleRoIAlign
+from rcnn_lab.ops.roi_align import RoIAlign, roi_align
+
+__all__: list[str] = ["roi_align", "RoIAlign", "MultiScaleRoIAlign"]
