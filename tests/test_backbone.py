@@ -84,6 +84,8 @@ def test_resnet_fpn_backbone_frozen_bn_matches_torchvision():
     assert list(ours(torch.zeros(1, 3, *IMAGE_HW))) == ["0", "1", "2", "3", "pool"]
     assert "fpn.inner_blocks.0.0.weight" in ours.state_dict()
     assert "body.layer1.0.conv1.weight" in ours.state_dict()
+    assert _requires_grad(ours) == _requires_grad(theirs)  # default: last 3 stages train
+    assert not ours.body.layer1[0].conv1.weight.requires_grad
     _assert_parity(ours, theirs)
 
 
