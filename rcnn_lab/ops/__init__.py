@@ -1,6 +1,26 @@
 """Detection operators in plain PyTorch, mirroring ``torchvision.ops``."""
 
+from rcnn_lab.ops.boxes import (
+    batched_nms,
+    box_area,
+    box_convert,
+    box_iou,
+    clip_boxes_to_image,
+    nms,
+    remove_small_boxes,
+)
 from rcnn_lab.ops.poolers import MultiScaleRoIAlign
 from rcnn_lab.ops.roi_align import RoIAlign, roi_align
 
-__all__: list[str] = ["roi_align", "RoIAlign", "MultiScaleRoIAlign"]
+__all__: list[str] = [
+    "box_area",
+    "box_iou",
+    "box_convert",
+    "clip_boxes_to_image",
+    "remove_small_boxes",
+    "nms",
+    "batched_nms",
+    "roi_align",
+    "RoIAlign",
+    "MultiScaleRoIAlign",
+]
