@@ -20,9 +20,9 @@ def test_there_are_chapters():
 
 
 def _load(path):
-    with open(path, encoding="utf-8") as f:
-        raw = json.load(f)  # valid JSON first, with a clear error if not
-    nb = nbformat.from_dict(raw)
+    text = path.read_text(encoding="utf-8")
+    json.loads(text)  # valid JSON first, with a clear error if not
+    nb = nbformat.reads(text, as_version=4)  # joins each cell's source lines
     nbformat.validate(nb)
     return nb
 
