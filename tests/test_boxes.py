@@ -1,0 +1,287 @@
+"""rcnn_lab.ops box toolkit: hand-checked cases and bit-exact parity with torchvision.ops."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision.ops as tv
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import rcnn_lab.ops as ops
+from rcnn_lab.ops import boxes as boxes_module
+
+FORMATS = ("xyxy", "xywh", "cxcywh")
+DTYPES = (torch.float32, torch.float64)
+THRESHOLDS = (0.0, 0.1, 1 / 3, 0.5, 0.7, 0.9, 1.0)
+
+
+def _uniform(n: int, seed: int, dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """n random boxes in a 1000 x 1000 image (sides 10..100) and random scores."""
+    g = torch.Generator().manual_seed(seed)
+    xy = torch.rand(n, 2, generator=g, dtype=torch.float64) * 1000
+    wh = 10 + torch.rand(n, 2, generator=g, dtype=torch.float64) * 90
+    return torch.cat([xy, xy + wh], 1).to(dtype), torch.rand(n, generator=g).to(dtype)
+
+
+def _clustered(n: int, seed: int, dtype=torch.float32, clusters: int = 20):
+    """n jittered copies of a few boxes (a detector's overlapping guesses) with tied scores."""
+    g = torch.Generator().manual_seed(seed)
+    corner = torch.rand(clusters, 2, generator=g, dtype=torch.float64) * 900
+    size = 30 + torch.rand(clusters, 2, generator=g, dtype=torch.float64) * 70
+    which = torch.randint(0, clusters, (n,), generator=g)
+    base = torch.cat([corner, corner + size], 1)[which]  # [n, 4]
+    noisy = base + 0.1 * size[which].repeat(1, 2) * torch.randn(n, 4, generator=g).double()
+    boxes = torch.cat([noisy[:, :2].minimum(noisy[:, 2:]), noisy[:, :2].maximum(noisy[:, 2:])], 1)
+    scores = torch.randint(0, 50, (n,), generator=g) / 50  # many exact ties
+    return boxes.to(dtype), scores.to(dtype)
+
+
+@st.composite
+def box_sets(draw, max_n: int = 60):
+    """Boxes on a coarse grid (duplicates, nesting, zero areas, IoU exactly 1/3, 1/2) or random."""
+    n = draw(st.integers(0, max_n))
+    dtype = draw(st.sampled_from(DTYPES))
+    seed = draw(st.integers(0, 2**31 - 1))
+    g = torch.Generator().manual_seed(seed)
+    if draw(st.booleans()):  # coarse grid: many exact coincidences
+        corners = torch.randint(0, 5, (n, 4), generator=g).double()
+    else:
+        corners = torch.rand(n, 4, generator=g, dtype=torch.float64) * 20 - 5
+    boxes = torch.cat(
+        [corners[:, :2].minimum(corners[:, 2:]), corners[:, :2].maximum(corners[:, 2:])], 1
+    )
+    scores = torch.randint(0, draw(st.integers(1, 4)), (n,), generator=g).double()  # ties
+    return boxes.to(dtype), scores.to(dtype)
+
+
+thresholds = st.one_of(st.sampled_from(THRESHOLDS), st.floats(0.0, 1.0))
+
+
+# --------------------------------------------------------------------------- hand-checked cases
+
+
+def test_area_iou_and_convert_by_hand():
+    boxes = torch.tensor([[0.0, 0.0, 2.0, 3.0], [1.0, 1.0, 3.0, 4.0]])
+    assert ops.box_area(boxes).tolist() == [6.0, 6.0]
+    # overlap [1, 2] x [1, 3] = 2, union 6 + 6 - 2 = 10
+    assert ops.box_iou(boxes, boxes)[0, 1].item() == pytest.approx(0.2)
+    assert ops.box_convert(boxes, "xyxy", "xywh")[1].tolist() == [1.0, 1.0, 2.0, 3.0]
+    assert ops.box_convert(boxes, "xyxy", "cxcywh")[0].tolist() == [1.0, 1.5, 2.0, 3.0]
+    assert ops.box_area(torch.tensor([[5.0, 5.0, 2.0, 3.0]]), fmt="cxcywh").item() == 6.0
+
+
+def test_clip_and_remove_small_by_hand():
+    boxes = torch.tensor([[-5.0, 2.0, 30.0, 50.0], [1.0, 1.0, 1.5, 9.0]])
+    assert ops.clip_boxes_to_image(boxes, (40, 20))[0].tolist() == [0.0, 2.0, 20.0, 40.0]
+    assert ops.remove_small_boxes(boxes, 1.0).tolist() == [0]  # box 1 is 0.5 wide
+    assert ops.remove_small_boxes(boxes, 0.5).tolist() == [0, 1]  # >= keeps the boundary
+
+
+def test_nms_by_hand():
+    boxes = torch.tensor([[0.0, 0, 10, 10], [1, 1, 11, 11], [20, 20, 30, 30], [0.5, 0, 10.5, 10]])
+    scores = torch.tensor([0.9, 0.8, 0.7, 0.95])
+    # box 3 wins; boxes 0 and 1 overlap it by IoU 0.90 and 0.74; box 2 is far away
+    assert ops.nms(boxes, scores, 0.5).tolist() == [3, 2]
+    assert ops.nms(boxes, scores, 0.8).tolist() == [3, 1, 2]
+
+
+def test_nms_score_ties_keep_input_order():
+    boxes = torch.tensor([[0.0, 0, 1, 1]] * 3 + [[5.0, 5, 6, 6]])
+    scores = torch.tensor([0.5, 0.5, 0.5, 0.5])
+    assert ops.nms(boxes, scores, 0.5).tolist() == [0, 3] == tv.nms(boxes, scores, 0.5).tolist()
+
+
+def test_nms_iou_exactly_at_threshold_is_kept():
+    boxes = torch.tensor([[0.0, 0, 2, 1], [0, 0, 1, 1]])  # IoU exactly 0.5
+    scores = torch.tensor([1.0, 0.5])
+    assert ops.nms(boxes, scores, 0.5).tolist() == [0, 1]  # suppression needs IoU > threshold
+    assert ops.nms(boxes, scores, 0.49).tolist() == [0]
+
+
+def test_nms_compares_float32_iou_with_a_double_threshold():
+    # float32(1/3) = 0.33333334 > 1/3 in float64: torchvision suppresses; float32 compare would not
+    boxes = torch.tensor([[0.0, 0, 2, 1], [1, 0, 3, 1]])
+    scores = torch.tensor([1.0, 0.5])
+    iou = ops.box_iou(boxes, boxes)[0, 1]
+    assert not bool(iou > 1 / 3) and iou.item() > 1 / 3  # the trap the kernel avoids
+    assert ops.nms(boxes, scores, 1 / 3).tolist() == [0] == tv.nms(boxes, scores, 1 / 3).tolist()
+
+
+def test_batched_nms_by_hand():
+    boxes = torch.tensor([[0.0, 0, 10, 10], [1, 1, 11, 11], [0, 0, 10, 10]])
+    scores = torch.tensor([0.9, 0.8, 0.7])
+    assert ops.batched_nms(boxes, scores, torch.tensor([0, 0, 1]), 0.5).tolist() == [0, 2]
+    assert ops.batched_nms(boxes, scores, torch.tensor([0, 1, 2]), 0.5).tolist() == [0, 1, 2]
+
+
+# --------------------------------------------------------------------------- parity: geometry
+
+
+@settings(max_examples=40, deadline=None)
+@given(box_sets(), st.sampled_from(FORMATS), st.sampled_from(FORMATS))
+def test_box_convert_matches_torchvision_and_round_trips(data, in_fmt, out_fmt):
+    boxes, _ = data
+    ours = ops.box_convert(boxes, in_fmt, out_fmt)
+    assert torch.equal(ours, tv.box_convert(boxes, in_fmt, out_fmt))
+    back = ops.box_convert(ours, out_fmt, in_fmt)
+    torch.testing.assert_close(
+        back, boxes, atol=1e-5 if boxes.dtype == torch.float32 else 1e-12, rtol=0
+    )
+
+
+@settings(max_examples=40, deadline=None)
+@given(box_sets(), box_sets(), st.sampled_from(FORMATS))
+def test_box_area_and_iou_match_torchvision(data1, data2, fmt):
+    boxes1, boxes2 = data1[0], data2[0].to(data1[0].dtype)
+    assert torch.equal(ops.box_area(boxes1, fmt), tv.box_area(boxes1, fmt))
+    ours, theirs = ops.box_iou(boxes1, boxes2, fmt), tv.box_iou(boxes1, boxes2, fmt)
+    assert ours.shape == theirs.shape == (len(boxes1), len(boxes2))
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=0, equal_nan=True)
+
+
+def test_box_iou_batched_and_integer_boxes_match_torchvision():
+    boxes = torch.randint(0, 10, (2, 3, 5, 4)).sort(dim=-1).values  # [2, 3, 5, 4] batch of sets
+    boxes = torch.cat([boxes[..., :2], boxes[..., 2:]], -1)
+    for b in (boxes, boxes.double(), boxes.half()):
+        torch.testing.assert_close(
+            ops.box_iou(b, b), tv.box_iou(b, b), rtol=0, atol=0, equal_nan=True
+        )
+        assert torch.equal(ops.box_area(b), tv.box_area(b))
+
+
+@settings(max_examples=30, deadline=None)
+@given(box_sets(), st.integers(1, 20), st.integers(1, 20), st.floats(0.0, 3.0))
+def test_clip_and_remove_small_match_torchvision(data, height, width, min_size):
+    boxes, _ = data
+    assert torch.equal(
+        ops.clip_boxes_to_image(boxes, (height, width)),
+        tv.clip_boxes_to_image(boxes, (height, width)),
+    )
+    assert torch.equal(
+        ops.remove_small_boxes(boxes, min_size), tv.remove_small_boxes(boxes, min_size)
+    )
+    batched = boxes.reshape(1, -1, 4)
+    assert torch.equal(
+        ops.clip_boxes_to_image(batched, (height, width)),
+        tv.clip_boxes_to_image(batched, (height, width)),
+    )
+
+
+# --------------------------------------------------------------------------- parity: NMS
+
+
+@settings(max_examples=60, deadline=None)
+@given(box_sets(), thresholds)
+def test_nms_matches_torchvision(data, threshold):
+    boxes, scores = data
+    assert torch.equal(ops.nms(boxes, scores, threshold), tv.nms(boxes, scores, threshold))
+
+
+@settings(max_examples=40, deadline=None)
+@given(box_sets(max_n=80), thresholds, st.integers(1, 6))
+def test_batched_nms_matches_torchvision(data, threshold, num_classes):
+    boxes, scores = data
+    idxs = torch.arange(len(boxes)) % num_classes
+    ours = ops.batched_nms(boxes, scores, idxs, threshold)
+    assert torch.equal(ours, tv.batched_nms(boxes, scores, idxs, threshold))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("make", [_uniform, _clustered])
+@pytest.mark.parametrize("n", [0, 1, 2, 300, 5000])
+def test_nms_matches_torchvision_sizes(make, n, dtype):
+    boxes, scores = make(n, seed=n, dtype=dtype)
+    for threshold in (0.3, 0.5, 0.7):
+        ours = ops.nms(boxes, scores, threshold)
+        assert ours.dtype == torch.int64 and ours.device == boxes.device
+        assert torch.equal(ours, tv.nms(boxes, scores, threshold))
+
+
+def test_nms_adversarial_sets():
+    dup = torch.tensor([[1.0, 1, 4, 4]] * 7)
+    nested = torch.tensor(
+        [[0.0, 0, 8, 8], [1, 1, 7, 7], [2, 2, 6, 6], [3, 3, 5, 5], [3.5, 3.5, 4.5, 4.5]]
+    )
+    flat = torch.tensor(
+        [[1.0, 1, 1, 5], [1, 1, 1, 5], [0, 0, 0, 0], [0, 0, 2, 2]]
+    )  # zero areas: 0/0
+    # a chain where each box overlaps only its neighbours: the fixed point needs many rounds
+    x = torch.arange(400, dtype=torch.float64)
+    chain = torch.stack([x, torch.zeros_like(x), x + 1.6, torch.ones_like(x)], 1)
+    for boxes in (dup, nested, flat, chain):
+        for dtype in DTYPES:
+            b = boxes.to(dtype)
+            for scores in (
+                torch.ones(len(b), dtype=dtype),
+                torch.linspace(1, 0, len(b), dtype=dtype),
+            ):
+                for threshold in THRESHOLDS:
+                    assert torch.equal(ops.nms(b, scores, threshold), tv.nms(b, scores, threshold))
+
+
+def test_nms_chunked_pairs_give_the_same_answer(monkeypatch):
+    boxes, scores = _clustered(700, seed=3)
+    expected = tv.nms(boxes, scores, 0.5)
+    monkeypatch.setattr(boxes_module, "_PAIR_BUDGET", 50)  # force many tiny column chunks
+    monkeypatch.setattr(boxes_module, "_NMS_BLOCK", 16)
+    assert torch.equal(ops.nms(boxes, scores, 0.5), expected)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    "n", [500, 1000, 1001, 5000]
+)  # both sides of torchvision's 4000-number switch
+def test_batched_nms_many_classes_matches_torchvision(n, dtype):
+    for make in (_uniform, _clustered):
+        boxes, scores = make(n, seed=n, dtype=dtype)
+        boxes = boxes - 300  # negative coordinates: the offset trick lets classes meet; so must we
+        idxs = torch.randint(0, 80, (n,), generator=torch.Generator().manual_seed(n))
+        for threshold in (0.3, 0.7):
+            expected = tv.batched_nms(boxes, scores, idxs, threshold)
+            assert torch.equal(ops.batched_nms(boxes, scores, idxs, threshold), expected)
+
+
+# --------------------------------------------------------------------------- empty and bad input
+
+
+def test_empty_inputs():
+    for dtype in DTYPES:
+        boxes, scores = torch.zeros(0, 4, dtype=dtype), torch.zeros(0, dtype=dtype)
+        for keep in (
+            ops.nms(boxes, scores, 0.5),
+            ops.batched_nms(boxes, scores, torch.zeros(0), 0.5),
+        ):
+            assert keep.shape == (0,) and keep.dtype == torch.int64
+        assert ops.box_iou(boxes, torch.ones(3, 4, dtype=dtype)).shape == (0, 3)
+        assert ops.remove_small_boxes(boxes, 1.0).dtype == torch.int64
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: ops.nms(torch.zeros(3, 5), torch.zeros(3), 0.5), r"boxes .*\(3, 5\)"),
+        (lambda: ops.nms(torch.zeros(4), torch.zeros(1), 0.5), r"boxes .*\(4,\)"),
+        (lambda: ops.nms(torch.zeros(3, 4), torch.zeros(2), 0.5), r"scores .*\(2,\)"),
+        (lambda: ops.nms(torch.zeros(3, 4), torch.zeros(3, 1), 0.5), r"scores .*\(3, 1\)"),
+        (lambda: ops.nms(torch.zeros(3, 4), torch.zeros(3).double(), 0.5), r"scores .*float64"),
+        (
+            lambda: ops.nms(torch.zeros(3, 4, dtype=torch.int64), torch.zeros(3), 0.5),
+            r"boxes .*int64",
+        ),
+        (
+            lambda: ops.batched_nms(torch.zeros(3, 4), torch.zeros(3), torch.zeros(2), 0.5),
+            r"idxs .*\(2,\)",
+        ),
+        (lambda: ops.box_iou(torch.zeros(3, 3), torch.zeros(2, 4)), r"boxes1 .*\(3, 3\)"),
+        (lambda: ops.box_iou(torch.zeros(4), torch.zeros(2, 4)), r"boxes1 and boxes2"),
+        (lambda: ops.box_area(torch.zeros(2, 4), fmt="xyxyxyxy"), r"fmt .*xyxyxyxy"),
+        (lambda: ops.box_convert(torch.zeros(2, 4), "xyxy", "yxyx"), r"out_fmt .*yxyx"),
+        (lambda: ops.box_convert(torch.zeros(2, 5), "xyxy", "xywh"), r"boxes .*\(2, 5\)"),
+        (lambda: ops.clip_boxes_to_image(torch.zeros(2, 4), (3, 4, 5)), r"size"),
+        (lambda: ops.remove_small_boxes(torch.zeros(2, 2), 1.0), r"boxes .*\(2, 2\)"),
+    ],
+)
+def test_bad_input_raises_value_error_naming_the_argument(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
