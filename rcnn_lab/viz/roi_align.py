@@ -1,0 +1,198 @@
+"""Drawings and the explorer of the RoIAlign chapter: bins, sample points, RoIPool's cells.
+
+Coordinates: matplotlib's ``imshow`` puts feature pixel (i, j) at the point (x=j, y=i), which is
+exactly where ``roi_align`` reads it, so sample points are drawn at their sampling coordinates.
+Shapes: C channels, H x W feature map, ph x pw output bins.
+"""
+
+from __future__ import annotations
+
+import math
+
+import matplotlib.pyplot as plt
+import torch
+from matplotlib.axes import Axes
+from matplotlib.patches import Rectangle
+from torch import Tensor
+
+from rcnn_lab.ops import roi_align
+from rcnn_lab.ops.poolers import LevelMapper
+
+#: Colours: the RoI, its bins, samples that count, samples that fall off the map.
+ROI_COLOUR, BIN_COLOUR, SAMPLE_COLOUR, OUTSIDE_COLOUR = "tab:red", "white", "lime", "tab:orange"
+
+
+def roi_align_samples(
+    box: tuple[float, float, float, float],
+    output_size: tuple[int, int],
+    spatial_scale: float,
+    sampling_ratio: int,
+    aligned: bool,
+) -> tuple[tuple[float, float, float, float], list[float], list[float]]:
+    """The RoI on the feature grid, and the y and x coordinates of its sample rows and columns.
+
+    Returns:
+        (x1, y1, x2, y2) in sampling coordinates, ys [ph * gh], xs [pw * gw].
+    """
+    offset = 0.5 if aligned else 0.0
+    x1, y1, x2, y2 = (v * spatial_scale - offset for v in box)
+    w, h = x2 - x1, y2 - y1
+    if not aligned:
+        w, h = max(w, 1.0), max(h, 1.0)
+    (ph, pw), (bh, bw) = output_size, (h / output_size[0], w / output_size[1])
+    gh = sampling_ratio if sampling_ratio > 0 else max(math.ceil(h / ph), 0)
+    gw = sampling_ratio if sampling_ratio > 0 else max(math.ceil(w / pw), 0)
+    ys = [y1 + i * bh + (k + 0.5) * bh / gh for i in range(ph) for k in range(gh)]
+    xs = [x1 + j * bw + (k + 0.5) * bw / gw for j in range(pw) for k in range(gw)]
+    return (x1, y1, x1 + w, y1 + h), ys, xs
+
+
+def show_feature(ax: Axes, feature: Tensor, grid: bool = True) -> None:
+    """A [3, H, W] (RGB in [0, 1]) or [H, W] feature map, pixel (i, j) centred on (j, i)."""
+    data = feature.detach().cpu()
+    if data.dim() == 3:
+        ax.imshow(data.permute(1, 2, 0).clamp(0, 1).numpy())  # [H, W, 3]
+    else:
+        ax.imshow(data.numpy(), cmap="viridis")
+    height, width = data.shape[-2:]
+    if grid:
+        for y in range(height + 1):
+            ax.axhline(y - 0.5, color="black", linewidth=0.3, alpha=0.4)
+        for x in range(width + 1):
+            ax.axvline(x - 0.5, color="black", linewidth=0.3, alpha=0.4)
+    ax.set_xlim(-1.5, width + 0.5)
+    ax.set_ylim(height + 0.5, -1.5)
+
+
+def draw_roi_align(
+    ax: Axes,
+    feature: Tensor,
+    box: tuple[float, float, float, float],
+    output_size: tuple[int, int] = (2, 2),
+    spatial_scale: float = 1.0,
+    sampling_ratio: int = 2,
+    aligned: bool = True,
+) -> None:
+    """The feature grid, a RoI with its bins, and the bilinear sample points of every bin."""
+    show_feature(ax, feature)
+    height, width = feature.shape[-2:]
+    (x1, y1, x2, y2), ys, xs = roi_align_samples(
+        box, output_size, spatial_scale, sampling_ratio, aligned
+    )
+    ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, color=ROI_COLOUR, lw=2))
+    ph, pw = output_size
+    for i in range(1, ph):
+        y = y1 + i * (y2 - y1) / ph
+        ax.plot([x1, x2], [y, y], color=BIN_COLOUR, lw=1, ls="--")
+    for j in range(1, pw):
+        x = x1 + j * (x2 - x1) / pw
+        ax.plot([x, x], [y1, y2], color=BIN_COLOUR, lw=1, ls="--")
+    grid_y, grid_x = torch.meshgrid(torch.tensor(ys), torch.tensor(xs), indexing="ij")
+    inside = (grid_y >= -1) & (grid_y <= height) & (grid_x >= -1) & (grid_x <= width)
+    ax.scatter(grid_x[inside], grid_y[inside], s=14, color=SAMPLE_COLOUR, zorder=3)
+    ax.scatter(grid_x[~inside], grid_y[~inside], s=14, color=OUTSIDE_COLOUR, marker="x", zorder=3)
+
+
+def _round_half_away(value: float) -> int:
+    """C's round(): halves go away from zero (Python's round() sends them to the even side)."""
+    return int(math.copysign(math.floor(abs(value) + 0.5), value))
+
+
+def roi_pool_cells(
+    box: tuple[float, float, float, float],
+    output_size: tuple[int, int],
+    spatial_scale: float,
+    shape: tuple[int, int] | None = None,
+) -> list[tuple[int, int, int, int]]:
+    """RoIPool's quantised bins: (row start, row end, col start, col end), end exclusive.
+
+    Quantisation 1 rounds the box to whole cells; quantisation 2 widens every bin to whole
+    cells (floor of its start, ceil of its end), as Fast R-CNN's RoI max pooling does. With
+    ``shape`` = (H, W) the bins are clipped to the map (an empty bin pools to 0).
+    """
+    x1, y1, x2, y2 = (_round_half_away(v * spatial_scale) for v in box)
+    h, w = max(y2 - y1 + 1, 1), max(x2 - x1 + 1, 1)
+    (ph, pw), (bh, bw) = output_size, (h / output_size[0], w / output_size[1])
+    cells = []
+    for i in range(ph):
+        for j in range(pw):
+            r0, r1 = y1 + math.floor(i * bh), y1 + math.ceil((i + 1) * bh)
+            c0, c1 = x1 + math.floor(j * bw), x1 + math.ceil((j + 1) * bw)
+            if shape is not None:
+                r0, r1 = min(max(r0, 0), shape[0]), min(max(r1, 0), shape[0])
+                c0, c1 = min(max(c0, 0), shape[1]), min(max(c1, 0), shape[1])
+            cells.append((r0, r1, c0, c1))
+    return cells
+
+
+def draw_roi_pool(
+    ax: Axes,
+    feature: Tensor,
+    box: tuple[float, float, float, float],
+    output_size: tuple[int, int] = (2, 2),
+    spatial_scale: float = 1.0,
+) -> None:
+    """The true RoI (dashed) and the whole cells RoIPool takes the max over, one colour per bin."""
+    show_feature(ax, feature)
+    colours = plt.get_cmap("tab10").colors
+    for n, (r0, r1, c0, c1) in enumerate(roi_pool_cells(box, output_size, spatial_scale)):
+        colour = colours[n % len(colours)]
+        ax.add_patch(
+            Rectangle((c0 - 0.5, r0 - 0.5), c1 - c0, r1 - r0, color=colour, alpha=0.35, lw=0)
+        )
+        ax.add_patch(
+            Rectangle((c0 - 0.5, r0 - 0.5), c1 - c0, r1 - r0, fill=False, color=colour, lw=1.5)
+        )
+    # cell i stands for image pixels [i / scale, (i + 1) / scale): its left edge is at i - 0.5
+    x1, y1, x2, y2 = (v * spatial_scale - 0.5 for v in box)
+    ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, color=ROI_COLOUR, lw=2, ls="--"))
+
+
+def plot_level_mapping(ax: Axes, k_min: int = 2, k_max: int = 5) -> None:
+    """FPN eq. 1 as a step function: the side sqrt(w * h) of a box in pixels -> its level."""
+    sides = torch.logspace(2, 11, 2000, base=2.0)  # 4 px .. 2048 px
+    boxes = torch.stack([torch.zeros_like(sides)] * 2 + [sides, sides], dim=1)  # [S, 4]
+    levels = LevelMapper(k_min, k_max)([boxes]) + k_min
+    ax.step(sides.numpy(), levels.numpy(), where="post", color="tab:blue")
+    for level in range(k_min, k_max + 1):
+        ax.axhline(level, color="grey", lw=0.4)
+    ax.axvline(224, color="tab:red", ls="--", lw=1)
+    ax.text(230, k_min + 0.1, "224 px -> level 4", color="tab:red")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("box side sqrt(w * h), pixels")
+    ax.set_ylabel("pyramid level k (P_k, stride 2^k)")
+    ax.set_yticks(range(k_min, k_max + 1))
+
+
+def roi_align_explorer(feature: Tensor, spatial_scale: float = 1.0):
+    """ipywidgets explorer: move/resize a RoI, change output size, sampling ratio and alignment.
+
+    Left: the feature map with the RoI, its bins and sample points; right: the pooled output
+    (rcnn_lab's ``roi_align``). ``feature`` is [3, H, W] in [0, 1].
+    """
+    from ipywidgets import Checkbox, FloatSlider, IntSlider, interact
+
+    height, width = feature.shape[-2:]
+    image_h, image_w = height / spatial_scale, width / spatial_scale
+
+    def show(x1, y1, w, h, output, sampling_ratio, aligned):
+        box = (x1, y1, x1 + w, y1 + h)
+        fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4), width_ratios=[3, 2])
+        draw_roi_align(left, feature, box, (output, output), spatial_scale, sampling_ratio, aligned)
+        rois = torch.tensor([[0.0, *box]], dtype=feature.dtype)
+        pooled = roi_align(feature[None], rois, output, spatial_scale, sampling_ratio, aligned)
+        right.imshow(pooled[0].permute(1, 2, 0).clamp(0, 1).numpy())  # [ph, pw, 3]
+        right.set_title(f"pooled {output} x {output}")
+        left.set_title(f"sampling_ratio={sampling_ratio}, aligned={aligned}")
+        plt.show()
+
+    return interact(
+        show,
+        x1=FloatSlider(value=image_w * 0.3, min=-image_w * 0.2, max=image_w, step=0.5),
+        y1=FloatSlider(value=image_h * 0.3, min=-image_h * 0.2, max=image_h, step=0.5),
+        w=FloatSlider(value=image_w * 0.3, min=0.0, max=image_w, step=0.5),
+        h=FloatSlider(value=image_h * 0.3, min=0.0, max=image_h, step=0.5),
+        output=IntSlider(value=3, min=1, max=7),
+        sampling_ratio=IntSlider(value=2, min=-1, max=4),
+        aligned=Checkbox(value=True),
+    )
