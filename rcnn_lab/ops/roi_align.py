@@ -276,7 +276,9 @@ def roi_align(
     num_rois = rois.shape[0]
     if n * height * width == 0:  # nothing to sample from
         return input.new_zeros((num_rois, c, *out))
-    table = input.permute(0, 2, 3, 1).reshape(n * height * width, c)  # [N*H*W, C]
+    # rows must be contiguous: for N = 1 the reshape alone is a strided view (C stride H*W),
+    # and gathering such rows is several times slower; channels_last input costs no copy
+    table = input.permute(0, 2, 3, 1).reshape(n * height * width, c).contiguous()  # [N*H*W, C]
     index_dtype = _index_dtype(n, (height, width))
     with torch.no_grad():  # RoIs get no gradient, as in torchvision
         rois = rois.detach()
