@@ -9,6 +9,8 @@ Boxes are (x1, y1, x2, y2) in pixels unless a ``fmt`` says otherwise.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor
 
@@ -157,6 +159,7 @@ def _check_nms_inputs(boxes: Tensor, scores: Tensor) -> None:
         raise ValueError(f"scores must have the dtype of boxes ({boxes.dtype}), got {scores.dtype}")
 
 
+@functools.lru_cache(maxsize=64)  # a handful of thresholds recur in every call of a model
 def _threshold_below(iou_threshold: float, dtype: torch.dtype) -> float:
     """Largest number t representable in ``dtype`` with t <= iou_threshold.
 
@@ -202,10 +205,11 @@ def _fixed_point(over: Tensor) -> Tensor:
     greedy answer -- and a handful do in practice. One host synchronisation per round (the
     convergence test). A float mat-vec counts the kept hitters exactly (counts <= B << 2**24).
     """
-    above = over.triu(diagonal=1).float()  # [B, B] only higher-ranked boxes suppress
+    above = over.float().triu_(diagonal=1)  # [B, B] only higher-ranked boxes suppress
+    hitters_of = above.t()  # [B, B] row j: who may suppress j
     keep = torch.ones(over.shape[0], dtype=above.dtype, device=over.device)
     for _ in range(over.shape[0]):
-        new_keep = (keep @ above == 0).to(above.dtype)  # [B] 1.0 where no kept box hits
+        new_keep = (torch.mv(hitters_of, keep) == 0).to(above.dtype)  # [B] 1.0: no kept hitter
         if torch.equal(new_keep, keep):
             break
         keep = new_keep
@@ -227,7 +231,9 @@ def _hit_by(winners: Tensor, others: Tensor, thr: float, labels: tuple | None) -
     Works on column chunks so that at most ``_PAIR_BUDGET`` pairs are held in memory at once.
     """
     chunk = max(1, _PAIR_BUDGET // max(1, winners.shape[1]))
-    hits = [torch.zeros(0, dtype=torch.bool, device=others.device)]
+    if others.shape[1] <= chunk:
+        return _overlaps(winners, others, thr, labels).any(dim=0)
+    hits = []
     for start in range(0, others.shape[1], chunk):
         part = None if labels is None else (labels[0], labels[1][start : start + chunk])
         hits.append(_overlaps(winners, others[:, start : start + chunk], thr, part).any(dim=0))
