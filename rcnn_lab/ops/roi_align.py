@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-#: aligned=True shifts box corners by half a pixel so that pixel centres sit at integer + 0.5.
+#: aligned=True subtracts half a feature pixel: box coordinates count pixel edges, while
+#: bilinear sampling reads pixel i at coordinate i (its centre).
 HALF_PIXEL = 0.5
 #: aligned=False (the legacy behaviour) forces RoIs to be at least one feature pixel wide.
 LEGACY_MIN_ROI_SIZE = 1.0
@@ -97,7 +98,9 @@ def _corners(pos: Tensor, size: int, index_dtype: torch.dtype) -> tuple[Tensor, 
     return torch.stack([low, high], dim=-1), weight
 
 
-def _sample_positions(start: Tensor, bin_size: Tensor, bins: Tensor, grid, steps: Tensor) -> Tensor:
+def _sample_positions(
+    start: Tensor, bin_size: Tensor, bins: Tensor, grid: float | Tensor, steps: Tensor
+) -> Tensor:
     """Coordinates of samples: start + bin * bin_size + (step + 0.5) * bin_size / grid."""
     return start + bins * bin_size + (steps + 0.5) * bin_size / grid
 
@@ -180,6 +183,34 @@ def _adaptive_axis(
     return index, weight, torch.cumsum(counts, 0) - counts
 
 
+def _bag_samples(
+    y_first: Tensor, x_first: Tensor, gh: Tensor, gw: Tensor, out: tuple[int, int]
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Which y and x sample every sample of every bag combines (variable-length bags).
+
+    Args:
+        y_first, x_first: [K] where RoI k's samples start in the y and x sample lists.
+        gh, gw: [K] samples per bin along y and x.
+    Returns:
+        y_at, x_at: [T] indices into the y and x sample lists, bag after bag, each bag's
+            samples ordered (gy, gx).
+        bag_first: [K * ph * pw] where each bag starts among the T samples.
+    """
+    ph, pw = out
+    bins = torch.arange(ph * pw, device=gh.device)
+    bag_y = (y_first[:, None] + (bins // pw)[None, :] * gh[:, None]).reshape(-1)  # [K*ph*pw]
+    bag_x = (x_first[:, None] + (bins % pw)[None, :] * gw[:, None]).reshape(-1)  # [K*ph*pw]
+    bag_size = (gh * gw).repeat_interleave(ph * pw)  # [K*ph*pw]
+    bag_first = torch.cumsum(bag_size, 0) - bag_size
+    info = torch.stack([bag_y, bag_x, gw.repeat_interleave(ph * pw), bag_first], dim=1)
+    total = int(bag_size.sum())  # sync: the number of samples decides the size of the result
+    # one repeat_interleave copies each bag's 4 numbers to all of its samples
+    per_sample = torch.repeat_interleave(info, bag_size, dim=0, output_size=total)  # [T, 4]
+    local = torch.arange(total, device=gh.device) - per_sample[:, 3]  # [T]
+    gy, gx = local // per_sample[:, 2], local % per_sample[:, 2]
+    return per_sample[:, 0] + gy, per_sample[:, 1] + gx, bag_first
+
+
 def _adaptive_grid_bags(
     rois: Tensor,
     shape: tuple[int, int],
@@ -204,21 +235,10 @@ def _adaptive_grid_bags(
     x_idx, x_w, x_first = _adaptive_axis(start[:, 1], bin_size[:, 1], gw, pw, width, index_dtype)
     per_bin = gh * gw  # [K] samples in each bin of RoI k
     image_base = rois[:, 0].to(index_dtype) * (height * width)
-    y_first_of_roi = torch.repeat_interleave(torch.arange(len(rois), device=rois.device), gh * ph)
-    y_rows = image_base[y_first_of_roi][:, None] + y_idx * width  # [Ly, 2]
-    y_w = y_w / per_bin[y_first_of_roi].to(y_w.dtype)[:, None]  # fold in 1 / (gh * gw)
-    # per bag (RoI k, bin i, j): where its y and x samples start, gw, and its first sample
-    bins = torch.arange(ph * pw, device=rois.device)
-    bag_y = (y_first[:, None] + (bins // pw)[None, :] * gh[:, None]).reshape(-1)  # [K*ph*pw]
-    bag_x = (x_first[:, None] + (bins % pw)[None, :] * gw[:, None]).reshape(-1)  # [K*ph*pw]
-    bag_size = per_bin.repeat_interleave(ph * pw)  # [K*ph*pw]
-    bag_first = torch.cumsum(bag_size, 0) - bag_size
-    info = torch.stack([bag_y, bag_x, gw.repeat_interleave(ph * pw), bag_first], dim=1)
-    total = int(bag_size.sum())  # sync: the number of samples decides the size of the result
-    per_sample = torch.repeat_interleave(info, bag_size, dim=0, output_size=total)  # [T, 4]
-    local = torch.arange(total, device=rois.device) - per_sample[:, 3]  # [T]
-    gy, gx = local // per_sample[:, 2], local % per_sample[:, 2]
-    y_at, x_at = per_sample[:, 0] + gy, per_sample[:, 1] + gx  # [T]
+    roi_of_y = torch.repeat_interleave(torch.arange(len(rois), device=rois.device), gh * ph)
+    y_rows = image_base[roi_of_y][:, None] + y_idx * width  # [Ly, 2]
+    y_w = y_w / per_bin[roi_of_y].to(y_w.dtype)[:, None]  # fold in 1 / (gh * gw)
+    y_at, x_at, bag_first = _bag_samples(y_first, x_first, gh, gw, out)
     # corner-major [2, T] gathers then one stack: 1-D ops on T, no broadcast over 2 x 2 dims
     y_lo_hi, x_lo_hi = y_rows.T.index_select(1, y_at), x_idx.T.index_select(1, x_at)  # [2, T]
     wy, wx = y_w.T.index_select(1, y_at), x_w.T.index_select(1, x_at)  # [2, T]
@@ -267,6 +287,11 @@ def roi_align(
 
     Returns:
         [K, C, ph, pw] contiguous, the average of each bin's bilinear samples.
+
+    Memory: the forward holds 4 corners x (index + weight) per sample, i.e. K*ph*pw*gh*gw*32
+    bytes in float32 (3.2 MB for 512 RoIs, 7 x 7 bins, 2 x 2 samples), besides the channels-last
+    copy of ``input`` and the output. With the adaptive ratio the sample count follows the RoI
+    area in feature pixels (about h*w per RoI), so huge RoIs on a fine map cost much memory.
     """
     _check_input(input)
     rois = convert_boxes_to_roi_format(boxes)
