@@ -23,6 +23,7 @@ from rcnn_lab.anchors import AnchorGenerator  # noqa: E402
 from rcnn_lab.box_coder import BoxCoder  # noqa: E402
 from rcnn_lab.matcher import Matcher  # noqa: E402
 from rcnn_lab.sampler import BalancedPositiveNegativeSampler  # noqa: E402
+from rcnn_lab.rpn import RegionProposalNetwork, RPNHead  # noqa: E402
 from rcnn_lab.frozen_batchnorm import FrozenBatchNorm2d  # noqa: E402
 from rcnn_lab.fpn import FeaturePyramidNetwork  # noqa: E402
 from rcnn_lab.backbone import (  # noqa: E402
@@ -40,6 +41,8 @@ __all__ = [
     "BoxCoder",
     "Matcher",
     "BalancedPositiveNegativeSampler",
+    "RPNHead",
+    "RegionProposalNetwork",
     "FrozenBatchNorm2d",
     "FeaturePyramidNetwork",
     "BackboneWithFPN",
