@@ -264,3 +264,27 @@ def test_forward_rejects_empty_feature_grid():
     gen = AnchorGenerator(((8,),), ((1.0,),))
     with pytest.raises(ValueError, match=r"feature_maps\[0\].*\(1, 1, 0, 4\)"):
         gen(ImageList(torch.zeros(1, 3, 8, 8), [(8, 8)]), [torch.zeros(1, 1, 0, 4)])
+
+
+# ---------------------------------------------------------------- chapter helpers
+
+
+def test_viz_level_anchors_and_explorer_build():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from rcnn_lab.viz.anchors import anchor_explorer, cell_slice, level_anchors, plot_level
+
+    anchors, grid = level_anchors((40, 60), (16,), (0.5, 1.0, 2.0), 8)
+    assert grid == (5, 7) and anchors.shape == (5 * 7 * 3, 4)
+    centre = anchors[cell_slice(grid, 2, 3, 3)]  # cell (2, 3): shift (24, 16)
+    torch.testing.assert_close(
+        (centre[:, :2] + centre[:, 2:]) / 2, torch.tensor([[24.0, 16.0]] * 3)
+    )
+    image = torch.rand(3, 40, 60)
+    ax = plot_level(image, (16,), (1.0,), 8, row_frac=1.0, col_frac=1.0)
+    assert "cell (4, 6)" in ax.get_title()  # a fraction of 1.0 picks the last cell
+    assert anchor_explorer(image) is not None
+    plt.close("all")

@@ -225,3 +225,25 @@ def test_bad_input_raises_value_error_naming_the_argument():
         coder.encode_single(boxes, torch.zeros(2, 4))
     with pytest.raises(ValueError, match="weights"):
         BoxCoder((1.0, 1.0))
+
+
+# ---------------------------------------------------------------- chapter helpers
+
+
+def test_viz_box_move_and_explorer_build():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from rcnn_lab.viz.box_coder import box_coder_explorer, plot_box_move, plot_delta_histograms
+
+    anchor = torch.tensor([100.0, 100.0, 200.0, 150.0])
+    box = plot_box_move(anchor, (0.4, 0.1, math.log(1.4), math.log(1.6)))
+    torch.testing.assert_close(box, torch.tensor([120.0, 90.0, 260.0, 170.0]))
+    box = plot_box_move(anchor, (4.0, 1.0, 0.0, 0.0), weights=ROI_WEIGHTS)  # moved 0.4 widths
+    torch.testing.assert_close(box, torch.tensor([140.0, 105.0, 240.0, 155.0]))
+    fig = plot_delta_histograms({"a": torch.randn(50, 4)})
+    assert len(fig.axes) == 4
+    assert box_coder_explorer(anchor, target=anchor + 10) is not None
+    plt.close("all")
