@@ -21,7 +21,7 @@ from rcnn_lab.image_list import ImageList
 
 # Grid anchors are cached per (level, grid, stride, dtype, device); training with many image
 # sizes would grow the cache without bound, so only the most recent entries are kept.
-_MAX_CACHED_GRIDS = 64
+_MAX_CACHED_GRIDS = 32
 
 
 def _as_levels(sizes: Sequence, aspect_ratios: Sequence) -> tuple[tuple, tuple]:
