@@ -21,9 +21,9 @@ from torchvision.models import WeightsEnum, mobilenet, resnet
 from rcnn_lab.fpn import ExtraFPNBlock, FeaturePyramidNetwork, LastLevelMaxPool
 from rcnn_lab.frozen_batchnorm import FrozenBatchNorm2d
 
-#: Channels of every pyramid level (FPN paper, Sec. 3: d = 256).
+#: Channels of every pyramid level (FPN paper, Sec. 3, d = 256).
 FPN_OUT_CHANNELS = 256
-#: ResNet stage names, last stage first: ``trainable_layers=k`` trains the first k of them.
+#: ResNet stage names, last stage first; ``trainable_layers=k`` trains the first k of them.
 RESNET_STAGES_LAST_FIRST = ("layer4", "layer3", "layer2", "layer1", "conv1")
 
 

@@ -27,7 +27,7 @@ from rcnn_lab.sampler import BalancedPositiveNegativeSampler
 
 #: Proposals narrower or shorter than this many pixels are dropped (degenerate after clipping).
 MIN_PROPOSAL_SIZE = 1e-3
-#: Smooth-L1 turns from quadratic to linear at |x| = 1/9 (Detectron's sigma = 3, beta = 1/sigma^2).
+#: Smooth-L1 turns from quadratic to linear at abs(x) = 1/9 (Detectron's sigma = 3, beta = 1/sigma^2).
 BOX_LOSS_BETA = 1.0 / 9.0
 #: The RPN's deltas are unweighted, unlike the RoI heads' (10, 10, 5, 5).
 RPN_BOX_CODER_WEIGHTS = (1.0, 1.0, 1.0, 1.0)

@@ -16,7 +16,7 @@ from rcnn_lab.anchors import AnchorGenerator
 from rcnn_lab.image_list import ImageList
 from rcnn_lab.viz.draw import draw_boxes, show_image
 
-#: FPN levels of torchvision's Faster R-CNN: level name -> (anchor size, stride in pixels).
+#: FPN levels of torchvision's Faster R-CNN, level name -> (anchor size, stride in pixels).
 FPN_LEVELS = {"P2": (32, 4), "P3": (64, 8), "P4": (128, 16), "P5": (256, 32), "P6": (512, 64)}
 
 #: Colours of the anchors of one cell, one per aspect ratio (cycled).
