@@ -32,6 +32,14 @@ from rcnn_lab.backbone import (  # noqa: E402
     resnet_fpn_backbone,
 )
 from rcnn_lab.transform import GeneralizedRCNNTransform  # noqa: E402
+from rcnn_lab.roi_heads import FastRCNNPredictor, RoIHeads, TwoMLPHead, fastrcnn_loss  # noqa: E402
+from rcnn_lab.faster_rcnn import FasterRCNN, GeneralizedRCNN  # noqa: E402
+from rcnn_lab.builders import (  # noqa: E402
+    fasterrcnn_mobilenet_v3_large_320_fpn,
+    fasterrcnn_mobilenet_v3_large_fpn,
+    fasterrcnn_resnet50_fpn,
+    fasterrcnn_resnet50_fpn_v2,
+)
 
 __all__ = [
     "ops",
@@ -49,4 +57,14 @@ __all__ = [
     "resnet_fpn_backbone",
     "mobilenet_backbone",
     "GeneralizedRCNNTransform",
+    "TwoMLPHead",
+    "FastRCNNPredictor",
+    "RoIHeads",
+    "fastrcnn_loss",
+    "GeneralizedRCNN",
+    "FasterRCNN",
+    "fasterrcnn_resnet50_fpn",
+    "fasterrcnn_resnet50_fpn_v2",
+    "fasterrcnn_mobilenet_v3_large_fpn",
+    "fasterrcnn_mobilenet_v3_large_320_fpn",
 ]

@@ -1,0 +1,288 @@
+"""The four Faster R-CNN builders of torchvision 0.29, with its weights (Faster R-CNN; FPN;
+Li et al. 2021 "Benchmarking Detection Transfer Learning with Vision Transformers" for v2).
+
+Each builder takes torchvision's keyword arguments and weight enums (or their names, e.g.
+"COCO_V1" or "FasterRCNN_ResNet50_FPN_Weights.COCO_V1") and downloads weights through
+torchvision's own machinery, so a checkpoint already in the torch hub cache loads offline.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+from torchvision.models import (
+    MobileNet_V3_Large_Weights,
+    ResNet50_Weights,
+    WeightsEnum,
+    mobilenet_v3_large,
+    resnet50,
+)
+from torchvision.models.detection import (
+    FasterRCNN_MobileNet_V3_Large_320_FPN_Weights,
+    FasterRCNN_MobileNet_V3_Large_FPN_Weights,
+    FasterRCNN_ResNet50_FPN_V2_Weights,
+    FasterRCNN_ResNet50_FPN_Weights,
+)
+
+from rcnn_lab.anchors import AnchorGenerator
+from rcnn_lab.backbone import (
+    _mobilenet_extractor,
+    _resnet_fpn_extractor,
+    _validate_trainable_layers,
+)
+from rcnn_lab.faster_rcnn import FasterRCNN, _default_anchor_generator
+from rcnn_lab.frozen_batchnorm import FrozenBatchNorm2d
+from rcnn_lab.ops.poolers import MultiScaleRoIAlign
+from rcnn_lab.roi_heads import FastRCNNConvFCHead
+from rcnn_lab.rpn import RPNHead
+
+#: COCO's 80 classes in the 91-slot numbering of the original annotations, plus background.
+COCO_NUM_CLASSES = 91
+#: Trunk stages that may be unfrozen: ResNet conv1+layer1..4 (5), MobileNetV3 stages (6).
+RESNET_STAGES, MOBILENET_STAGES = 5, 6
+#: Stages trained by default when starting from pretrained weights.
+DEFAULT_TRAINABLE_STAGES = 3
+#: MobileNet FPN: all five anchor sizes at every one of its 3 levels.
+MOBILENET_ANCHOR_SIZES = ((32, 64, 128, 256, 512),) * 3
+
+
+@contextmanager
+def _explain_download_errors(weights: WeightsEnum) -> Iterator[None]:
+    """Turn a failed download into a RuntimeError that says how to load the file offline."""
+    try:
+        yield
+    except OSError as err:  # URLError, HTTPError and socket errors are all OSErrors
+        filename = os.path.basename(weights.url)
+        cache = os.path.join(torch.hub.get_dir(), "checkpoints", filename)
+        raise RuntimeError(
+            f"could not download the weights {weights} from {weights.url} ({err}). "
+            "Offline? Fetch that file on a machine with internet, then either copy it to "
+            f"{cache} (weights= then loads it from there without a download), or build the "
+            "model with weights=None, weights_backbone=None and load it yourself: "
+            "model.load_state_dict(torch.load(path, weights_only=True))"
+        ) from err
+
+
+def _load_weights(model: nn.Module, weights: WeightsEnum, progress: bool) -> None:
+    """Download (or read from the hub cache) ``weights`` and load them strictly."""
+    with _explain_download_errors(weights):
+        state_dict = weights.get_state_dict(progress=progress, check_hash=True)
+    model.load_state_dict(state_dict)
+
+
+def _trunk(
+    make: Callable[..., nn.Module], weights_backbone: WeightsEnum | None, **kwargs: Any
+) -> nn.Module:
+    """A torchvision classification trunk, with a clear error if its download fails."""
+    if weights_backbone is None:
+        return make(weights=None, **kwargs)
+    with _explain_download_errors(weights_backbone):
+        return make(weights=weights_backbone, **kwargs)
+
+
+def _resolve_weights(
+    weights_type: type[WeightsEnum],
+    weights: Any,
+    backbone_type: type[WeightsEnum],
+    weights_backbone: Any,
+    num_classes: int | None,
+) -> tuple[WeightsEnum | None, WeightsEnum | None, int]:
+    """Enums from names; detection weights replace the trunk's and fix num_classes."""
+    weights = weights_type.verify(weights)
+    weights_backbone = backbone_type.verify(weights_backbone)
+    if weights is None:
+        return None, weights_backbone, COCO_NUM_CLASSES if num_classes is None else num_classes
+    expected = len(weights.meta["categories"])
+    if num_classes is not None and num_classes != expected:
+        raise ValueError(
+            f"num_classes={num_classes} does not fit the weights {weights}, "
+            f"which have {expected} classes"
+        )
+    return weights, None, expected
+
+
+def fasterrcnn_resnet50_fpn(
+    *,
+    weights: FasterRCNN_ResNet50_FPN_Weights | str | None = None,
+    progress: bool = True,
+    num_classes: int | None = None,
+    weights_backbone: ResNet50_Weights | str | None = ResNet50_Weights.IMAGENET1K_V1,
+    trainable_backbone_layers: int | None = None,
+    **kwargs: Any,
+) -> FasterRCNN:
+    """Faster R-CNN with a ResNet-50-FPN backbone (torchvision's, 37.0 box AP on COCO).
+
+    Args:
+        weights: detection weights (enum or name); None for random heads.
+        progress: show a download progress bar.
+        num_classes: classes including the background (91 by default and with COCO weights).
+        weights_backbone: ImageNet weights of the trunk (ignored when ``weights`` is given).
+        trainable_backbone_layers: 0..5 trunk stages to train (default 3 when pretrained).
+        **kwargs: passed to :class:`FasterRCNN`.
+    """
+    weights, weights_backbone, num_classes = _resolve_weights(
+        FasterRCNN_ResNet50_FPN_Weights, weights, ResNet50_Weights, weights_backbone, num_classes
+    )
+    is_trained = weights is not None or weights_backbone is not None
+    trainable = _validate_trainable_layers(
+        is_trained, trainable_backbone_layers, RESNET_STAGES, DEFAULT_TRAINABLE_STAGES
+    )
+    # pretrained statistics stay fixed; a trunk trained from scratch learns them (BatchNorm)
+    norm_layer = FrozenBatchNorm2d if is_trained else nn.BatchNorm2d
+    trunk = _trunk(resnet50, weights_backbone, progress=progress, norm_layer=norm_layer)
+    model = FasterRCNN(_resnet_fpn_extractor(trunk, trainable), num_classes=num_classes, **kwargs)
+    if weights is not None:
+        _load_weights(model, weights, progress)
+        if weights == FasterRCNN_ResNet50_FPN_Weights.COCO_V1:
+            # these weights were trained before torchvision added eps to FrozenBatchNorm2d
+            for module in model.modules():
+                if isinstance(module, FrozenBatchNorm2d):
+                    module.eps = 0.0
+    return model
+
+
+def fasterrcnn_resnet50_fpn_v2(
+    *,
+    weights: FasterRCNN_ResNet50_FPN_V2_Weights | str | None = None,
+    progress: bool = True,
+    num_classes: int | None = None,
+    weights_backbone: ResNet50_Weights | str | None = None,
+    trainable_backbone_layers: int | None = None,
+    **kwargs: Any,
+) -> FasterRCNN:
+    """Faster R-CNN v2: BatchNorm everywhere, a 2-conv RPN head and a 4conv1fc box head (46.7 AP).
+
+    Args: as :func:`fasterrcnn_resnet50_fpn` (here ``weights_backbone`` defaults to None).
+    """
+    weights, weights_backbone, num_classes = _resolve_weights(
+        FasterRCNN_ResNet50_FPN_V2_Weights, weights, ResNet50_Weights, weights_backbone, num_classes
+    )
+    is_trained = weights is not None or weights_backbone is not None
+    trainable = _validate_trainable_layers(
+        is_trained, trainable_backbone_layers, RESNET_STAGES, DEFAULT_TRAINABLE_STAGES
+    )
+    trunk = _trunk(resnet50, weights_backbone, progress=progress)
+    backbone = _resnet_fpn_extractor(trunk, trainable, norm_layer=nn.BatchNorm2d)
+    anchor_generator = _default_anchor_generator()
+    rpn_head = RPNHead(
+        backbone.out_channels, anchor_generator.num_anchors_per_location()[0], conv_depth=2
+    )
+    box_head = FastRCNNConvFCHead(
+        (backbone.out_channels, 7, 7), [256, 256, 256, 256], [1024], norm_layer=nn.BatchNorm2d
+    )
+    model = FasterRCNN(
+        backbone,
+        num_classes=num_classes,
+        rpn_anchor_generator=anchor_generator,
+        rpn_head=rpn_head,
+        box_head=box_head,
+        **kwargs,
+    )
+    if weights is not None:
+        _load_weights(model, weights, progress)
+    return model
+
+
+def _fasterrcnn_mobilenet_v3_large_fpn(
+    weights: WeightsEnum | None,
+    progress: bool,
+    num_classes: int,
+    weights_backbone: WeightsEnum | None,
+    trainable_backbone_layers: int | None,
+    **kwargs: Any,
+) -> FasterRCNN:
+    """The shared body of the two MobileNetV3-Large FPN builders."""
+    is_trained = weights is not None or weights_backbone is not None
+    trainable = _validate_trainable_layers(
+        is_trained, trainable_backbone_layers, MOBILENET_STAGES, DEFAULT_TRAINABLE_STAGES
+    )
+    norm_layer = FrozenBatchNorm2d if is_trained else nn.BatchNorm2d
+    trunk = _trunk(mobilenet_v3_large, weights_backbone, progress=progress, norm_layer=norm_layer)
+    backbone = _mobilenet_extractor(trunk, True, trainable)
+    ratios = (0.5, 1.0, 2.0)
+    anchor_generator = AnchorGenerator(
+        MOBILENET_ANCHOR_SIZES, (ratios,) * len(MOBILENET_ANCHOR_SIZES)
+    )
+    # The MobileNet FPN returns levels "0", "1" and "pool"; torchvision's default pooler lists
+    # "0".."3" and silently pools those present. Name the two it really pools (same numerics).
+    kwargs.setdefault(
+        "box_roi_pool", MultiScaleRoIAlign(["0", "1"], output_size=7, sampling_ratio=2)
+    )
+    model = FasterRCNN(backbone, num_classes, rpn_anchor_generator=anchor_generator, **kwargs)
+    if weights is not None:
+        _load_weights(model, weights, progress)
+    return model
+
+
+def fasterrcnn_mobilenet_v3_large_fpn(
+    *,
+    weights: FasterRCNN_MobileNet_V3_Large_FPN_Weights | str | None = None,
+    progress: bool = True,
+    num_classes: int | None = None,
+    weights_backbone: MobileNet_V3_Large_Weights | str | None = (
+        MobileNet_V3_Large_Weights.IMAGENET1K_V1
+    ),
+    trainable_backbone_layers: int | None = None,
+    **kwargs: Any,
+) -> FasterRCNN:
+    """Faster R-CNN with a MobileNetV3-Large FPN backbone, high resolution (32.8 AP).
+
+    Args: as :func:`fasterrcnn_resnet50_fpn`; trainable_backbone_layers is 0..6. Defaults
+    rpn_score_thresh=0.05 unless given.
+    """
+    weights, weights_backbone, num_classes = _resolve_weights(
+        FasterRCNN_MobileNet_V3_Large_FPN_Weights,
+        weights,
+        MobileNet_V3_Large_Weights,
+        weights_backbone,
+        num_classes,
+    )
+    kwargs = {"rpn_score_thresh": 0.05, **kwargs}
+    return _fasterrcnn_mobilenet_v3_large_fpn(
+        weights, progress, num_classes, weights_backbone, trainable_backbone_layers, **kwargs
+    )
+
+
+def fasterrcnn_mobilenet_v3_large_320_fpn(
+    *,
+    weights: FasterRCNN_MobileNet_V3_Large_320_FPN_Weights | str | None = None,
+    progress: bool = True,
+    num_classes: int | None = None,
+    weights_backbone: MobileNet_V3_Large_Weights | str | None = (
+        MobileNet_V3_Large_Weights.IMAGENET1K_V1
+    ),
+    trainable_backbone_layers: int | None = None,
+    **kwargs: Any,
+) -> FasterRCNN:
+    """Faster R-CNN with a MobileNetV3-Large FPN backbone for 320 px images (22.8 AP).
+
+    Args: as :func:`fasterrcnn_mobilenet_v3_large_fpn`. Defaults (unless given):
+    min_size=320, max_size=640, rpn_pre/post_nms_top_n_test=150, rpn_score_thresh=0.05.
+    """
+    weights, weights_backbone, num_classes = _resolve_weights(
+        FasterRCNN_MobileNet_V3_Large_320_FPN_Weights,
+        weights,
+        MobileNet_V3_Large_Weights,
+        weights_backbone,
+        num_classes,
+    )
+    low_resolution = {
+        "min_size": 320,
+        "max_size": 640,
+        "rpn_pre_nms_top_n_test": 150,
+        "rpn_post_nms_top_n_test": 150,
+        "rpn_score_thresh": 0.05,
+    }
+    return _fasterrcnn_mobilenet_v3_large_fpn(
+        weights,
+        progress,
+        num_classes,
+        weights_backbone,
+        trainable_backbone_layers,
+        **{**low_resolution, **kwargs},
+    )

@@ -1,0 +1,303 @@
+"""GeneralizedRCNN and FasterRCNN: the whole two-stage detector (Faster R-CNN, Sec. 3; FPN, Sec. 4).
+
+An image batch goes transform -> backbone (+FPN) -> RPN -> RoI heads -> back to input pixels.
+Training returns the four losses, inference one dict of detections per image.
+
+Shapes: N images, G ground-truth boxes of an image, M detections of an image, C classes
+(background included).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from rcnn_lab.anchors import AnchorGenerator
+from rcnn_lab.ops.poolers import MultiScaleRoIAlign
+from rcnn_lab.roi_heads import FastRCNNPredictor, RoIHeads, TwoMLPHead
+from rcnn_lab.rpn import RegionProposalNetwork, RPNHead
+from rcnn_lab.transform import GeneralizedRCNNTransform
+
+#: ImageNet statistics of the classification trunks, used to normalise input images.
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+#: One anchor size per FPN level P2..P6 (FPN, Sec. 4.1), three aspect ratios at each.
+FPN_ANCHOR_SIZES = ((32,), (64,), (128,), (256,), (512,))
+ASPECT_RATIOS = (0.5, 1.0, 2.0)
+#: Width of the TwoMLPHead representation (FPN, Sec. 4.2: "two 1024-d fc layers").
+REPRESENTATION_SIZE = 1024
+
+
+class GeneralizedRCNN(nn.Module):
+    """A two-stage detector assembled from its four stages.
+
+    Args:
+        backbone: [N, 3, H, W] -> feature maps (a Tensor or an OrderedDict of them).
+        rpn: (images, features, targets) -> (proposals, losses).
+        roi_heads: (features, proposals, image sizes, targets) -> (detections, losses).
+        transform: normalises, resizes and batches images (and their targets), and maps
+            detections back to the input images' pixels.
+    """
+
+    def __init__(
+        self, backbone: nn.Module, rpn: nn.Module, roi_heads: nn.Module, transform: nn.Module
+    ) -> None:
+        super().__init__()
+        self.transform = transform
+        self.backbone = backbone
+        self.rpn = rpn
+        self.roi_heads = roi_heads
+
+    def forward(
+        self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None
+    ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
+        """Training: a dict of the four losses. Inference: per image {"boxes" [M, 4],
+        "labels" [M], "scores" [M]} in the input image's pixels.
+
+        Args:
+            images: N tensors [3, H_i, W_i], values in [0, 1]; sizes may differ.
+            targets: per image {"boxes": [G, 4] float (x1, y1, x2, y2) pixels,
+                "labels": [G] int64}; required in training.
+        """
+        check_inputs(images, targets, self.training)
+        original_image_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
+
+        images, targets = self.transform(images, targets)
+        check_degenerate_boxes(targets)
+        features = self.backbone(images.tensors)
+        if isinstance(features, Tensor):  # a single-level backbone
+            features = OrderedDict([("0", features)])
+        proposals, proposal_losses = self.rpn(images, features, targets)
+        detections, detector_losses = self.roi_heads(
+            features, proposals, images.image_sizes, targets
+        )
+        detections = self.transform.postprocess(
+            detections, images.image_sizes, original_image_sizes
+        )
+        return self.eager_outputs({**detector_losses, **proposal_losses}, detections)
+
+    def eager_outputs(
+        self, losses: dict[str, Tensor], detections: list[dict[str, Tensor]]
+    ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
+        """The losses in training mode, the detections in evaluation mode."""
+        return losses if self.training else detections
+
+
+def check_inputs(
+    images: list[Tensor], targets: list[dict[str, Tensor]] | None, training: bool
+) -> None:
+    """Raise ValueError on inputs torchvision would reject, and on non-finite values.
+
+    Images must be [C, H, W] tensors; in training, targets must be given, one per image, each
+    with "boxes" [G, 4] and "labels" [G]. Images and boxes must be free of NaN and inf.
+    """
+    if not isinstance(images, (list, tuple)) or not all(isinstance(i, Tensor) for i in images):
+        raise ValueError(f"images: expected a list of [C, H, W] tensors, got {type(images)}")
+    for index, image in enumerate(images):
+        if image.dim() != 3:
+            raise ValueError(f"images[{index}]: expected [C, H, W], got {tuple(image.shape)}")
+    # one host sync for the whole batch: a NaN pixel would poison every loss and score
+    if images and not torch.stack([torch.isfinite(img).all() for img in images]).all():
+        raise ValueError("images: found NaN or inf pixel values")
+    if targets is None:
+        if training:
+            raise ValueError("targets should not be None in training mode")
+        return
+    if len(targets) != len(images):
+        raise ValueError(f"targets: expected one per image ({len(images)}), got {len(targets)}")
+    for index, target in enumerate(targets):
+        _check_target(index, target)
+
+
+def _check_target(index: int, target: dict[str, Tensor]) -> None:
+    """Validate one image's target dict: boxes [G, 4] float and finite, labels [G]."""
+    boxes = target.get("boxes") if isinstance(target, dict) else None
+    if not isinstance(boxes, Tensor):
+        raise ValueError(
+            f"targets[{index}]['boxes']: expected a Tensor of shape [G, 4], got {type(boxes)}"
+        )
+    if boxes.dim() != 2 or boxes.shape[-1] != 4:
+        raise ValueError(
+            f"targets[{index}]['boxes']: expected a tensor of shape [G, 4], "
+            f"got {tuple(boxes.shape)}"
+        )
+    if not torch.is_floating_point(boxes):
+        raise ValueError(f"targets[{index}]['boxes']: expected a float dtype, got {boxes.dtype}")
+    if not bool(torch.isfinite(boxes).all()):
+        raise ValueError(f"targets[{index}]['boxes']: found NaN or inf coordinates")
+    labels = target.get("labels")
+    if not isinstance(labels, Tensor) or labels.shape != boxes.shape[:1]:
+        shape = tuple(labels.shape) if isinstance(labels, Tensor) else type(labels)
+        raise ValueError(
+            f"targets[{index}]['labels']: expected a tensor of shape [{boxes.shape[0]}], "
+            f"got {shape}"
+        )
+
+
+def check_degenerate_boxes(targets: list[dict[str, Tensor]] | None) -> None:
+    """Every (resized) box needs x2 > x1 and y2 > y1; name the first offender otherwise."""
+    for index, target in enumerate(targets or []):
+        boxes = target["boxes"]
+        degenerate = (boxes[:, 2:] <= boxes[:, :2]).any(dim=1)  # [G]
+        if degenerate.any():
+            first = boxes[torch.where(degenerate)[0][0]].tolist()
+            raise ValueError(
+                "All bounding boxes should have positive height and width. "
+                f"Found invalid box {first} for target at index {index}."
+            )
+
+
+def _default_anchor_generator() -> AnchorGenerator:
+    """One anchor size per FPN level, three aspect ratios: 3 anchors per location and level."""
+    return AnchorGenerator(FPN_ANCHOR_SIZES, (ASPECT_RATIOS,) * len(FPN_ANCHOR_SIZES))
+
+
+class FasterRCNN(GeneralizedRCNN):
+    """Faster R-CNN (Ren et al. 2015) with torchvision 0.29's arguments, defaults and checks.
+
+    Images: list of [3, H, W] tensors in [0, 1]. Training targets: per image {"boxes": [G, 4]
+    float (x1, y1, x2, y2) pixels, "labels": [G] int64 in [1, C)}. Training returns
+    {"loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg"}; evaluation
+    returns per image {"boxes" [M, 4], "labels" [M], "scores" [M]}.
+
+    Args:
+        backbone: image -> feature maps; must have an ``out_channels`` attribute (the same
+            channel count for every level).
+        num_classes: number of classes C including the background; None only when a
+            box_predictor is given.
+        min_size: shorter image side after resizing, in pixels (a tuple: picked at random in
+            training).
+        max_size: cap on the longer side after resizing, in pixels.
+        image_mean: per-channel mean subtracted from the images (None: ImageNet's).
+        image_std: per-channel standard deviation dividing the images (None: ImageNet's).
+        rpn_anchor_generator: AnchorGenerator making the anchors (None: 5 FPN sizes x 3 ratios).
+        rpn_head: module giving objectness and deltas per anchor (None: an RPNHead).
+        rpn_pre_nms_top_n_train: proposals kept per level before NMS, training.
+        rpn_pre_nms_top_n_test: proposals kept per level before NMS, inference.
+        rpn_post_nms_top_n_train: proposals kept per image after NMS, training.
+        rpn_post_nms_top_n_test: proposals kept per image after NMS, inference.
+        rpn_nms_thresh: IoU threshold of the NMS among proposals.
+        rpn_fg_iou_thresh: anchors with IoU >= this with a GT box are RPN positives.
+        rpn_bg_iou_thresh: anchors with IoU < this with every GT box are RPN negatives.
+        rpn_batch_size_per_image: anchors sampled per image for the RPN losses.
+        rpn_positive_fraction: largest share of positives among those anchors.
+        rpn_score_thresh: proposals with objectness probability below this are dropped.
+        box_roi_pool: MultiScaleRoIAlign cropping RoI features (None: FPN levels '0'-'3', 7x7).
+        box_head: pooled RoI features -> representation (None: TwoMLPHead of width 1024).
+        box_predictor: representation -> class logits and per-class deltas (None: a
+            FastRCNNPredictor for num_classes).
+        box_score_thresh: detections must score above this (inference).
+        box_nms_thresh: IoU threshold of the per-class NMS among detections (inference).
+        box_detections_per_img: most detections returned per image (inference).
+        box_fg_iou_thresh: proposals with IoU >= this with a GT box are foreground RoIs.
+        box_bg_iou_thresh: proposals with IoU < this with every GT box are background RoIs.
+        box_batch_size_per_image: RoIs sampled per image for the Fast R-CNN losses.
+        box_positive_fraction: largest share of foreground among those RoIs.
+        bbox_reg_weights: (wx, wy, ww, wh) scaling the RoI box deltas (None: (10, 10, 5, 5)).
+        **kwargs: passed to GeneralizedRCNNTransform (e.g. size_divisible, fixed_size).
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        num_classes: int | None = None,
+        min_size: int = 800,
+        max_size: int = 1333,
+        image_mean: list[float] | None = None,
+        image_std: list[float] | None = None,
+        rpn_anchor_generator: AnchorGenerator | None = None,
+        rpn_head: nn.Module | None = None,
+        rpn_pre_nms_top_n_train: int = 2000,
+        rpn_pre_nms_top_n_test: int = 1000,
+        rpn_post_nms_top_n_train: int = 2000,
+        rpn_post_nms_top_n_test: int = 1000,
+        rpn_nms_thresh: float = 0.7,
+        rpn_fg_iou_thresh: float = 0.7,
+        rpn_bg_iou_thresh: float = 0.3,
+        rpn_batch_size_per_image: int = 256,
+        rpn_positive_fraction: float = 0.5,
+        rpn_score_thresh: float = 0.0,
+        box_roi_pool: MultiScaleRoIAlign | None = None,
+        box_head: nn.Module | None = None,
+        box_predictor: nn.Module | None = None,
+        box_score_thresh: float = 0.05,
+        box_nms_thresh: float = 0.5,
+        box_detections_per_img: int = 100,
+        box_fg_iou_thresh: float = 0.5,
+        box_bg_iou_thresh: float = 0.5,
+        box_batch_size_per_image: int = 512,
+        box_positive_fraction: float = 0.25,
+        bbox_reg_weights: tuple[float, float, float, float] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        _check_parts(backbone, num_classes, rpn_anchor_generator, box_roi_pool, box_predictor)
+        out_channels = backbone.out_channels
+        anchor_generator = rpn_anchor_generator or _default_anchor_generator()
+        if rpn_head is None:
+            rpn_head = RPNHead(out_channels, anchor_generator.num_anchors_per_location()[0])
+        rpn = RegionProposalNetwork(
+            anchor_generator,
+            rpn_head,
+            rpn_fg_iou_thresh,
+            rpn_bg_iou_thresh,
+            rpn_batch_size_per_image,
+            rpn_positive_fraction,
+            {"training": rpn_pre_nms_top_n_train, "testing": rpn_pre_nms_top_n_test},
+            {"training": rpn_post_nms_top_n_train, "testing": rpn_post_nms_top_n_test},
+            rpn_nms_thresh,
+            score_thresh=rpn_score_thresh,
+        )
+        if box_roi_pool is None:
+            box_roi_pool = MultiScaleRoIAlign(["0", "1", "2", "3"], output_size=7, sampling_ratio=2)
+        if box_head is None:
+            resolution = box_roi_pool.output_size[0]
+            box_head = TwoMLPHead(out_channels * resolution**2, REPRESENTATION_SIZE)
+        if box_predictor is None:
+            box_predictor = FastRCNNPredictor(REPRESENTATION_SIZE, num_classes)
+        roi_heads = RoIHeads(
+            box_roi_pool,
+            box_head,
+            box_predictor,
+            box_fg_iou_thresh,
+            box_bg_iou_thresh,
+            box_batch_size_per_image,
+            box_positive_fraction,
+            bbox_reg_weights,
+            box_score_thresh,
+            box_nms_thresh,
+            box_detections_per_img,
+        )
+        mean = list(IMAGENET_MEAN) if image_mean is None else image_mean
+        std = list(IMAGENET_STD) if image_std is None else image_std
+        transform = GeneralizedRCNNTransform(min_size, max_size, mean, std, **kwargs)
+        super().__init__(backbone, rpn, roi_heads, transform)
+
+
+def _check_parts(
+    backbone: nn.Module,
+    num_classes: int | None,
+    anchor_generator: object,
+    box_roi_pool: object,
+    box_predictor: nn.Module | None,
+) -> None:
+    """torchvision's constructor checks: out_channels, part types, num_classes xor predictor."""
+    if not hasattr(backbone, "out_channels"):
+        raise ValueError(
+            "backbone should contain an attribute out_channels specifying the number of output "
+            "channels (assumed to be the same for all the levels)"
+        )
+    if not isinstance(anchor_generator, (AnchorGenerator, type(None))):
+        raise TypeError(
+            "rpn_anchor_generator should be of type AnchorGenerator or None, "
+            f"got {type(anchor_generator)}"
+        )
+    if not isinstance(box_roi_pool, (MultiScaleRoIAlign, type(None))):
+        raise TypeError(
+            f"box_roi_pool should be of type MultiScaleRoIAlign or None, got {type(box_roi_pool)}"
+        )
+    if num_classes is not None and box_predictor is not None:
+        raise ValueError("num_classes should be None when box_predictor is specified")
+    if num_classes is None and box_predictor is None:
+        raise ValueError("num_classes should not be None when box_predictor is not specified")

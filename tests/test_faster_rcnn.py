@@ -1,0 +1,533 @@
+"""The assembled detector: GeneralizedRCNN, FasterRCNN and the four builders against torchvision.
+
+Headline: for every builder, ours and torchvision's load each other's state_dict strictly, give
+the same detections (float64 ~1e-8, float32 same labels and boxes within 1e-3 px), and, from the
+same seed, the same four training losses and gradients (float64).
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import urllib.error
+
+import pytest
+import torch
+import torchvision.models._api as tv_api
+import torchvision.models.detection as tvd
+from torch import nn
+from torchvision.models import resnet50
+from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor as tv_extractor
+from torchvision.ops import FrozenBatchNorm2d as TVFrozenBatchNorm2d
+from torchvision.ops import MultiScaleRoIAlign as TVMultiScaleRoIAlign
+
+import rcnn_lab
+from rcnn_lab.anchors import AnchorGenerator
+from rcnn_lab.backbone import _resnet_fpn_extractor
+from rcnn_lab.faster_rcnn import FasterRCNN, GeneralizedRCNN
+from rcnn_lab.frozen_batchnorm import FrozenBatchNorm2d
+from rcnn_lab.ops.poolers import MultiScaleRoIAlign
+from rcnn_lab.roi_heads import FastRCNNPredictor
+
+BUILDERS = [
+    "fasterrcnn_resnet50_fpn",
+    "fasterrcnn_resnet50_fpn_v2",
+    "fasterrcnn_mobilenet_v3_large_fpn",
+    "fasterrcnn_mobilenet_v3_large_320_fpn",
+]
+CUSTOM_CLASSES = 7
+#: Small images and fewer RoIs keep the float64 runs of four ResNet-50s within the time budget.
+SMALL = dict(
+    min_size=64,
+    max_size=96,
+    rpn_pre_nms_top_n_train=300,
+    rpn_post_nms_top_n_train=150,
+    rpn_pre_nms_top_n_test=300,
+    rpn_post_nms_top_n_test=150,
+    box_batch_size_per_image=64,
+)
+IMAGE_SHAPES = [(120, 160), (150, 110), (96, 128)]
+LOSS_KEYS = ["loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg"]
+
+
+#: Output standard deviation given to each final layer (logits spread, deltas move boxes).
+HEAD_OUTPUT_STD = {
+    "rpn.head.cls_logits": 2.0,
+    "rpn.head.bbox_pred": 0.2,
+    "roi_heads.box_predictor.cls_score": 2.0,
+    "roi_heads.box_predictor.bbox_pred": 0.2,
+}
+
+
+def calibrate_batchnorm(model: nn.Module, images: list[torch.Tensor], targets) -> None:
+    """Set every BatchNorm's running statistics to those of one training pass on ``images``.
+
+    A randomly initialised trunk in eval mode (running mean 0, variance 1) lets activations
+    explode (ResNet) or collapse to a constant (MobileNet); with real statistics every layer
+    is normalised and the features vary across the image, as a trained model's do.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # a cumulative average: after one pass, exactly that pass's stats
+    with torch.no_grad():
+        model.train()(images, targets)
+    for norm in norms:
+        norm.momentum = 0.1
+
+
+def randomize_heads(model: nn.Module, images: list[torch.Tensor], seed: int = 0) -> None:
+    """Random final layers whose outputs have the standard deviations of HEAD_OUTPUT_STD.
+
+    Default initialisation gives near-equal scores everywhere; random trunks give features of
+    any magnitude. One calibration pass measures the RMS of each final layer's input, so the
+    weights can be scaled to give well-spread scores whatever the backbone.
+    """
+    rms: dict[str, torch.Tensor] = {}
+
+    def record(name):
+        def hook(module, inputs, output):  # the RPN head calls its layers once per level
+            rms.setdefault(name, inputs[0].pow(2).mean().sqrt())
+
+        return hook
+
+    hooks = [model.get_submodule(n).register_forward_hook(record(n)) for n in HEAD_OUTPUT_STD]
+    with torch.no_grad():
+        model.eval()(images)
+    for hook in hooks:
+        hook.remove()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, std in HEAD_OUTPUT_STD.items():
+            layer = model.get_submodule(name)
+            scale = std / (rms[name] * layer.weight[0].numel() ** 0.5)
+            layer.weight.copy_(torch.randn(layer.weight.shape, generator=g) * scale)
+            layer.bias.copy_(0.5 * std * torch.randn(layer.bias.shape, generator=g))
+
+
+def build_pair(name: str, num_classes: int | None):
+    """(ours, torchvision's) built by the named builder, with the same random weights."""
+    torch.manual_seed(0)
+    theirs = getattr(tvd, name)(
+        weights=None, weights_backbone=None, num_classes=num_classes, **SMALL
+    )
+    calibrate_batchnorm(
+        theirs, images_of(torch.float32), targets_of(torch.float32, num_classes or 91)
+    )
+    randomize_heads(theirs, images_of(torch.float32))
+    ours = getattr(rcnn_lab, name)(
+        weights=None, weights_backbone=None, num_classes=num_classes, **SMALL
+    )
+    ours.load_state_dict(theirs.state_dict(), strict=True)
+    return ours, theirs
+
+
+@pytest.fixture(scope="module", params=BUILDERS)
+def name(request):
+    """The builder under test; module scope makes pytest run every test of one builder in turn."""
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def pairs(name):
+    """Both num_classes variants of one builder, built once for all the tests that use them."""
+    return {num_classes: build_pair(name, num_classes) for num_classes in (None, CUSTOM_CLASSES)}
+
+
+def model_pair(pairs, num_classes: int | None = None, dtype=torch.float64):
+    """Fresh copies of (ours, torchvision's) with the same random weights."""
+    ours, theirs = pairs[num_classes]
+    return copy.deepcopy(ours).to(dtype), copy.deepcopy(theirs).to(dtype)
+
+
+def images_of(dtype=torch.float64, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.rand(3, h, w, generator=g).to(dtype) for h, w in IMAGE_SHAPES]
+
+
+def targets_of(dtype=torch.float64, num_classes=CUSTOM_CLASSES):
+    """Two images with objects and one negative image (no boxes)."""
+    return [
+        {
+            "boxes": torch.tensor(
+                [[10.0, 20.0, 60.0, 90.0], [30.0, 30.0, 150.0, 70.0]], dtype=dtype
+            ),
+            "labels": torch.tensor([1, num_classes - 1]),
+        },
+        {"boxes": torch.zeros(0, 4, dtype=dtype), "labels": torch.zeros(0, dtype=torch.int64)},
+        {"boxes": torch.tensor([[5.0, 5.0, 50.0, 40.0]], dtype=dtype), "labels": torch.tensor([3])},
+    ]
+
+
+# ---------------------------------------------------------------------------- API surface
+
+
+def test_public_names_are_exported():
+    for name in [
+        "TwoMLPHead",
+        "FastRCNNPredictor",
+        "RoIHeads",
+        "fastrcnn_loss",
+        "GeneralizedRCNN",
+        "FasterRCNN",
+        *BUILDERS,
+    ]:
+        assert name in rcnn_lab.__all__ and hasattr(rcnn_lab, name), name
+
+
+def _parameters(function):
+    return [(p.name, p.kind, p.default) for p in inspect.signature(function).parameters.values()]
+
+
+def test_signatures_and_defaults_equal_torchvision():
+    assert _parameters(FasterRCNN.__init__) == _parameters(tvd.FasterRCNN.__init__)
+    for name in BUILDERS:
+        ours, theirs = _parameters(getattr(rcnn_lab, name)), _parameters(getattr(tvd, name))
+        assert ours == theirs, name
+
+
+@pytest.mark.parametrize("num_classes", [None, CUSTOM_CLASSES])
+def test_state_dicts_load_both_ways(pairs, num_classes):
+    ours, theirs = pairs[num_classes]
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+    for key, value in theirs.state_dict().items():
+        assert ours.state_dict()[key].shape == value.shape, key
+    ours.load_state_dict(theirs.state_dict(), strict=True)
+    theirs.load_state_dict(ours.state_dict(), strict=True)
+    expected = CUSTOM_CLASSES if num_classes else 91
+    assert ours.roi_heads.box_predictor.cls_score.out_features == expected
+    assert {n for n, p in ours.named_parameters() if p.requires_grad} == {
+        n for n, p in theirs.named_parameters() if p.requires_grad
+    }
+
+
+def test_frozen_batchnorm_layout_loads_both_ways():
+    """Pretrained models use FrozenBatchNorm2d: 295 keys, no num_batches_tracked."""
+    ours = FasterRCNN(
+        _resnet_fpn_extractor(resnet50(norm_layer=FrozenBatchNorm2d), 3), num_classes=91
+    )
+    theirs = tvd.FasterRCNN(
+        tv_extractor(resnet50(norm_layer=TVFrozenBatchNorm2d), 3), num_classes=91
+    )
+    assert len(theirs.state_dict()) == len(ours.state_dict()) == 295
+    ours.load_state_dict(theirs.state_dict(), strict=True)
+    theirs.load_state_dict(ours.state_dict(), strict=True)
+
+
+# ---------------------------------------------------------------------------- parity
+
+
+def assert_same_detections(ours, theirs, dtype):
+    assert len(ours) == len(theirs) == len(IMAGE_SHAPES)
+    total = 0
+    for a, b in zip(ours, theirs, strict=True):
+        assert set(a) == {"boxes", "labels", "scores"}
+        torch.testing.assert_close(a["labels"], b["labels"], rtol=0, atol=0)
+        if dtype == torch.float64:
+            torch.testing.assert_close(a["boxes"], b["boxes"], rtol=0, atol=1e-8)
+            torch.testing.assert_close(a["scores"], b["scores"], rtol=0, atol=1e-8)
+        else:
+            torch.testing.assert_close(a["boxes"], b["boxes"], rtol=0, atol=1e-3)
+            torch.testing.assert_close(a["scores"], b["scores"], rtol=0, atol=1e-4)
+        total += len(a["boxes"])
+    assert total > 0, "the random weights should produce some detections"
+
+
+@pytest.mark.parametrize(
+    "num_classes", [pytest.param(None, marks=pytest.mark.slow), CUSTOM_CLASSES]
+)
+def test_eval_detections_equal_torchvision_float64(pairs, num_classes):
+    ours, theirs = model_pair(pairs, num_classes, torch.float64)
+    images = images_of(torch.float64)
+    with torch.no_grad():
+        mine, reference = ours.eval()(images), theirs.eval()(images)
+    assert_same_detections(mine, reference, torch.float64)
+
+
+def test_eval_detections_equal_torchvision_float32(pairs):
+    ours, theirs = model_pair(pairs, CUSTOM_CLASSES, torch.float32)
+    images = images_of(torch.float32)
+    with torch.no_grad():
+        mine, reference = ours.eval()(images), theirs.eval()(images)
+    assert_same_detections(mine, reference, torch.float32)
+
+
+@pytest.mark.slow
+def test_training_losses_and_gradients_equal_torchvision(pairs):
+    ours, theirs = model_pair(pairs, CUSTOM_CLASSES, torch.float64)
+    images, targets = images_of(torch.float64), targets_of(torch.float64)
+    results = []
+    for model in (ours, theirs):
+        model.train()
+        torch.manual_seed(123)
+        losses = model(images, targets)
+        sum(losses.values()).backward()
+        grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+        results.append((losses, grads))
+    (mine, my_grads), (reference, their_grads) = results
+    assert list(mine) == list(reference) == LOSS_KEYS
+    for key in LOSS_KEYS:
+        torch.testing.assert_close(mine[key], reference[key], rtol=1e-10, atol=1e-12)
+        assert torch.isfinite(mine[key]) and mine[key] > 0, key
+    assert my_grads.keys() == their_grads.keys()
+    # some gradients are zero in exact arithmetic (the bias of a BatchNorm whose output feeds
+    # another BatchNorm in training mode: the next batch mean removes it) and hold only
+    # round-off (~1e-15); they are measured against 1e-6 of the largest gradient instead
+    floor = 1e-6 * max(g.abs().max() for g in their_grads.values() if g is not None)
+    for param_name, grad in their_grads.items():
+        assert (grad is None) == (my_grads[param_name] is None), param_name
+        if grad is not None:
+            scale = torch.maximum(grad.abs().max(), floor)
+            error = (my_grads[param_name] - grad).abs().max() / scale
+            assert error < 1e-8, f"{param_name}: relative gradient error {error:.2e}"
+
+
+def test_training_batch_of_negative_images_only():
+    ours, theirs = build_pair("fasterrcnn_mobilenet_v3_large_320_fpn", CUSTOM_CLASSES)
+    ours.double()
+    theirs.double()
+    images = images_of()[:2]
+    empty = {
+        "boxes": torch.zeros(0, 4, dtype=torch.float64),
+        "labels": torch.zeros(0, dtype=torch.int64),
+    }
+    losses = []
+    for model in (ours, theirs):
+        torch.manual_seed(5)
+        losses.append(model.train()(images, [empty, copy.deepcopy(empty)]))
+    for key in LOSS_KEYS:
+        torch.testing.assert_close(losses[0][key], losses[1][key], rtol=1e-10, atol=1e-12)
+    assert losses[0]["loss_box_reg"] == 0 and losses[0]["loss_rpn_box_reg"] == 0
+
+
+# ---------------------------------------------------------------------------- a tiny model
+
+
+def tiny_model(num_classes: int = 3, ours: bool = True) -> nn.Module:
+    """A one-level detector on a 2-layer CNN: fast, and exercises the single-Tensor backbone."""
+    torch.manual_seed(0)
+    backbone = nn.Sequential(nn.Conv2d(3, 8, 3, stride=4, padding=1), nn.ReLU())
+    backbone.out_channels = 8
+    anchors = ((16, 32),), ((0.5, 1.0, 2.0),)
+    if ours:
+        return FasterRCNN(
+            backbone,
+            num_classes,
+            min_size=64,
+            max_size=96,
+            rpn_anchor_generator=AnchorGenerator(*anchors),
+            box_roi_pool=MultiScaleRoIAlign(["0"], 7, 2),
+        )
+    return tvd.FasterRCNN(
+        backbone,
+        num_classes,
+        min_size=64,
+        max_size=96,
+        rpn_anchor_generator=tvd.anchor_utils.AnchorGenerator(*anchors),
+        box_roi_pool=TVMultiScaleRoIAlign(["0"], 7, 2),
+    )
+
+
+def test_tiny_custom_backbone_matches_torchvision():
+    ours, theirs = tiny_model(), tiny_model(ours=False)
+    theirs.load_state_dict(ours.state_dict(), strict=True)
+    randomize_heads(ours, [torch.rand(3, 70, 90)], seed=3)
+    theirs.load_state_dict(ours.state_dict(), strict=True)
+    ours.double()
+    theirs.double()
+    images = [
+        torch.rand(3, 70, 90, dtype=torch.float64),
+        torch.rand(3, 64, 64, dtype=torch.float64),
+    ]
+    targets = targets_of(num_classes=3)[:2]
+    for model_a, model_b in [(ours, theirs)]:
+        torch.manual_seed(9)
+        a = model_a.train()(images, targets)
+        torch.manual_seed(9)
+        b = model_b.train()(images, targets)
+        for key in LOSS_KEYS:
+            torch.testing.assert_close(a[key], b[key], rtol=1e-10, atol=1e-12)
+        with torch.no_grad():
+            da, db = model_a.eval()(images), model_b.eval()(images)
+        for x, y in zip(da, db, strict=True):
+            torch.testing.assert_close(x["boxes"], y["boxes"], rtol=0, atol=1e-8)
+            torch.testing.assert_close(x["labels"], y["labels"], rtol=0, atol=0)
+    assert isinstance(ours, GeneralizedRCNN)
+
+
+# ---------------------------------------------------------------------------- validation
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return tiny_model().train()
+
+
+def good_targets():
+    return [
+        {"boxes": torch.tensor([[1.0, 2.0, 30.0, 40.0]]), "labels": torch.tensor([1])},
+        {"boxes": torch.tensor([[5.0, 5.0, 20.0, 25.0]]), "labels": torch.tensor([2])},
+    ]
+
+
+def two_images():
+    return [torch.rand(3, 64, 80), torch.rand(3, 70, 64)]
+
+
+def with_target(index, **fields):
+    targets = good_targets()
+    targets[index] = {**targets[index], **fields}
+    return targets
+
+
+@pytest.mark.parametrize(
+    "images,targets,message",
+    [
+        (None, None, "targets should not be None"),
+        (None, with_target(1, boxes=torch.tensor([1.0, 2.0, 3.0, 4.0])), r"\[G, 4\].*\(4,\)"),
+        (None, with_target(0, boxes=torch.zeros(1, 5)), r"\[G, 4\].*\(1, 5\)"),
+        (None, with_target(0, boxes=[[1.0, 2.0, 3.0, 4.0]]), "Tensor"),
+        (None, with_target(1, boxes=torch.tensor([[1, 2, 3, 4]])), "float"),
+        (
+            None,
+            with_target(
+                1,
+                boxes=torch.tensor([[5.0, 5.0, 20.0, 25.0], [8.0, 9.0, 8.0, 20.0]]),
+                labels=torch.tensor([1, 2]),
+            ),
+            r"invalid box \[.*\] for target at index 1",
+        ),
+        (None, with_target(0, labels=torch.tensor([3])), r"\[0, 3\).*found label 3"),
+        (None, with_target(0, labels=torch.tensor([1, 2])), r"labels.*\[1\]"),
+        (None, with_target(1, boxes=torch.tensor([[5.0, float("nan"), 20.0, 25.0]])), "NaN"),
+        (None, with_target(0, boxes=torch.tensor([[1.0, 2.0, float("inf"), 40.0]])), "NaN or inf"),
+        (
+            [torch.rand(3, 64, 80), torch.full((3, 70, 64), float("nan"))],
+            "good",
+            "NaN or inf pixel",
+        ),
+        ([torch.rand(64, 80), torch.rand(3, 70, 64)], "good", r"\[C, H, W\].*\(64, 80\)"),
+        (None, good_targets()[:1], "one per image"),
+    ],
+)
+def test_training_input_validation(tiny, images, targets, message):
+    images = two_images() if images is None else images
+    targets = good_targets() if targets == "good" else targets
+    with pytest.raises(ValueError, match=message):
+        tiny(images, targets)
+
+
+def test_degenerate_box_is_reported_with_its_coordinates(tiny):
+    bad = with_target(0, boxes=torch.tensor([[10.0, 10.0, 10.0, 30.0]]))
+    with pytest.raises(ValueError, match=r"Found invalid box \[10\.0, 10\.0, 10\.0, 30\.0\]"):
+        tiny(two_images(), bad)  # 64-px images are not resized at min_size 64
+
+
+def test_valid_inputs_train_and_evaluate(tiny):
+    losses = tiny.train()(two_images(), good_targets())
+    assert list(losses) == LOSS_KEYS and all(torch.isfinite(v) for v in losses.values())
+    with torch.no_grad():
+        detections = tiny.eval()(two_images())
+    assert len(detections) == 2 and set(detections[0]) == {"boxes", "labels", "scores"}
+    tiny.train()
+
+
+def test_constructor_checks():
+    backbone = nn.Sequential(nn.Conv2d(3, 8, 3))
+    with pytest.raises(ValueError, match="out_channels"):
+        FasterRCNN(backbone, num_classes=3)
+    backbone.out_channels = 8
+    with pytest.raises(ValueError, match="num_classes should not be None"):
+        FasterRCNN(backbone)
+    with pytest.raises(ValueError, match="num_classes should be None"):
+        FasterRCNN(backbone, num_classes=3, box_predictor=FastRCNNPredictor(1024, 3))
+    with pytest.raises(TypeError, match="AnchorGenerator"):
+        FasterRCNN(backbone, num_classes=3, rpn_anchor_generator=nn.Identity())
+    with pytest.raises(TypeError, match="MultiScaleRoIAlign"):
+        FasterRCNN(backbone, num_classes=3, box_roi_pool=nn.Identity())
+    model = FasterRCNN(backbone, box_predictor=FastRCNNPredictor(1024, 4))
+    assert model.roi_heads.box_predictor.cls_score.out_features == 4
+
+
+def test_builder_argument_checks(offline):
+    with pytest.raises(ValueError, match="trainable"):  # checked before any download
+        rcnn_lab.fasterrcnn_mobilenet_v3_large_320_fpn(
+            weights=None, weights_backbone="IMAGENET1K_V1", trainable_backbone_layers=7
+        )
+    with pytest.raises(KeyError):
+        rcnn_lab.fasterrcnn_resnet50_fpn(weights="NO_SUCH_WEIGHTS", weights_backbone=None)
+    with pytest.raises(TypeError):  # v2 weights handed to the v1 builder
+        rcnn_lab.fasterrcnn_resnet50_fpn(weights=tvd.FasterRCNN_ResNet50_FPN_V2_Weights.COCO_V1)
+    with pytest.raises(ValueError, match="num_classes=5 does not fit"):
+        rcnn_lab.fasterrcnn_mobilenet_v3_large_fpn(weights="COCO_V1", num_classes=5)
+
+
+# ---------------------------------------------------------------------------- weights
+
+
+@pytest.fixture
+def offline(monkeypatch, tmp_path):
+    """No network and an empty hub cache: every download fails the way it does offline."""
+    requested = []
+
+    def fail(url, *args, **kwargs):
+        requested.append(url)
+        raise urllib.error.URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setattr(tv_api, "load_state_dict_from_url", fail)
+    return requested
+
+
+@pytest.mark.parametrize(
+    "weights",
+    [
+        "COCO_V1",
+        "DEFAULT",
+        "FasterRCNN_MobileNet_V3_Large_320_FPN_Weights.COCO_V1",
+        tvd.FasterRCNN_MobileNet_V3_Large_320_FPN_Weights.COCO_V1,
+    ],
+)
+def test_offline_weights_fail_with_instructions(offline, tmp_path, weights):
+    with pytest.raises(RuntimeError) as info:
+        rcnn_lab.fasterrcnn_mobilenet_v3_large_320_fpn(weights=weights)
+    message = str(info.value)
+    url = tvd.FasterRCNN_MobileNet_V3_Large_320_FPN_Weights.COCO_V1.url
+    assert offline == [url]
+    assert url in message and "torch.load(path, weights_only=True)" in message
+    assert str(tmp_path / "hub" / "checkpoints") in message
+    assert isinstance(info.value.__cause__, OSError)
+
+
+def test_offline_backbone_weights_fail_with_instructions(offline):
+    with pytest.raises(RuntimeError, match="weights_only=True") as info:
+        rcnn_lab.fasterrcnn_mobilenet_v3_large_fpn(weights=None)  # default ImageNet trunk
+    assert "MobileNet_V3_Large_Weights.IMAGENET1K_V1" in str(info.value)
+    assert len(offline) == 1 and "mobilenet_v3_large" in offline[0]
+
+
+def test_weights_load_through_torchvision_machinery(monkeypatch):
+    """A (fake) COCO_V1 checkpoint is loaded strictly, and its FrozenBatchNorm eps set to 0."""
+    torch.manual_seed(0)
+    checkpoint = tvd.fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None).state_dict()
+    asked = []
+
+    def serve(url, *args, **kwargs):
+        asked.append(url)
+        return checkpoint
+
+    monkeypatch.setattr(tv_api, "load_state_dict_from_url", serve)
+    model = rcnn_lab.fasterrcnn_resnet50_fpn(weights="DEFAULT", progress=False)
+    assert asked == [tvd.FasterRCNN_ResNet50_FPN_Weights.COCO_V1.url]
+    frozen = [m for m in model.modules() if isinstance(m, FrozenBatchNorm2d)]
+    assert frozen and all(m.eps == 0.0 for m in frozen)
+    state = model.state_dict()
+    for key in [
+        "roi_heads.box_predictor.cls_score.weight",
+        "backbone.body.layer4.2.bn3.running_var",
+    ]:
+        torch.testing.assert_close(state[key], checkpoint[key], rtol=0, atol=0)
+    assert model.roi_heads.box_predictor.cls_score.out_features == 91
+    # the trunk's first stages are frozen, as for a pretrained model (3 trainable stages)
+    assert not model.backbone.body.layer1[0].conv1.weight.requires_grad
+    assert model.backbone.body.layer2[0].conv1.weight.requires_grad
