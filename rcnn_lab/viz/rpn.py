@@ -1,0 +1,123 @@
+"""Figures and the explorer of the chapter "The Region Proposal Network".
+
+Shapes: N images, R anchors of an image (all levels), K proposals kept before NMS.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import matplotlib.pyplot as plt
+import torch
+from matplotlib.axes import Axes
+from torch import Tensor
+
+from rcnn_lab.image_list import ImageList
+from rcnn_lab.ops.boxes import clip_boxes_to_image
+from rcnn_lab.rpn import RegionProposalNetwork, concat_box_prediction_layers
+from rcnn_lab.viz.draw import draw_boxes, show_image
+
+#: Colours of the proposals of pyramid level 0, 1, 2, ...
+LEVEL_COLOURS = ("tab:red", "tab:cyan", "tab:olive", "tab:purple", "tab:pink")
+
+
+@torch.no_grad()
+def proposal_stages(
+    rpn: RegionProposalNetwork, images: ImageList, features: dict[str, Tensor]
+) -> dict[str, Tensor]:
+    """The inference path of ``rpn`` for the first image, stage by stage.
+
+    Returns a dict with ``before_boxes`` [K, 4] (the pre-NMS top-n of every level, clipped),
+    ``before_scores`` [K], ``before_levels`` [K], and ``after_boxes`` / ``after_scores``, what
+    ``rpn`` returns (post-NMS top-n). Uses the rpn's current mode (call ``rpn.eval()`` first).
+    """
+    feature_maps = list(features.values())
+    logits, deltas = rpn.head(feature_maps)
+    anchors = rpn.anchor_generator(images, feature_maps)  # N tensors [R, 4]
+    per_level = [level_logits[0].numel() for level_logits in logits]
+    objectness, box_deltas = concat_box_prediction_layers(logits, deltas)
+    proposals = rpn.box_coder.decode(box_deltas, anchors).view(len(anchors), -1, 4)  # [N, R, 4]
+    objectness = objectness.view(len(anchors), -1)  # [N, R]
+    top = rpn._get_top_n_idx(objectness, per_level)[0]  # [K] of the first image
+    device = objectness.device
+    levels = torch.cat([torch.full((n,), k, device=device) for k, n in enumerate(per_level)])  # [R]
+    after_boxes, after_scores = rpn.filter_proposals(
+        proposals, objectness, images.image_sizes, per_level
+    )
+    return {
+        "before_boxes": clip_boxes_to_image(proposals[0, top], images.image_sizes[0]),
+        "before_scores": torch.sigmoid(objectness[0, top]),
+        "before_levels": levels[top],
+        "after_boxes": after_boxes[0],
+        "after_scores": after_scores[0],
+    }
+
+
+def draw_proposals(
+    ax: Axes,
+    image: Tensor,
+    boxes: Tensor,
+    scores: Tensor,
+    gt_boxes: Tensor | None = None,
+    levels: Tensor | None = None,
+    title: str | None = None,
+) -> Axes:
+    """Draw proposals on ``image``, their opacity growing with the score.
+
+    ``levels`` colours each box by its pyramid level (else all are red); the ground truth, if
+    given, is drawn in white.
+    """
+    show_image(image, ax=ax, title=title)
+    if gt_boxes is not None:
+        draw_boxes(ax, gt_boxes, "white", linewidth=2)
+    for index in scores.argsort().tolist():  # best boxes drawn last, on top
+        colour = (
+            LEVEL_COLOURS[int(levels[index]) % len(LEVEL_COLOURS)]
+            if levels is not None
+            else "tab:red"
+        )
+        alpha = 0.15 + 0.85 * float(scores[index])
+        draw_boxes(ax, boxes[index : index + 1], colour, linewidth=1.0, alpha=alpha)
+    ax.set_xlim(0, image.shape[-1])
+    ax.set_ylim(image.shape[-2], 0)
+    return ax
+
+
+def rpn_explorer(
+    rpn: RegionProposalNetwork,
+    image: Tensor,
+    features: dict[str, Tensor],
+    gt_boxes: Tensor | None = None,
+):
+    """An ipywidgets explorer: pre/post-NMS top-n, NMS and score thresholds, surviving proposals.
+
+    Works on a copy of ``rpn`` in eval mode, so the settings of ``rpn`` itself never change.
+    """
+    from ipywidgets import FloatSlider, IntSlider, interactive
+
+    explored = copy.deepcopy(rpn).eval()
+    images = ImageList(image[None], [tuple(image.shape[-2:])])
+
+    def redraw(pre_nms_top_n=300, post_nms_top_n=20, nms_thresh=0.7, score_thresh=0.0):
+        explored._pre_nms_top_n = {"training": pre_nms_top_n, "testing": pre_nms_top_n}
+        explored._post_nms_top_n = {"training": post_nms_top_n, "testing": post_nms_top_n}
+        explored.nms_thresh, explored.score_thresh = nms_thresh, score_thresh
+        stages = proposal_stages(explored, images, features)
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4.4))
+        draw_proposals(
+            axes[0], image, stages["before_boxes"], stages["before_scores"], gt_boxes,
+            stages["before_levels"], f"before NMS: {len(stages['before_boxes'])} boxes",
+        )  # fmt: skip
+        draw_proposals(
+            axes[1], image, stages["after_boxes"], stages["after_scores"], gt_boxes,
+            title=f"after NMS and top-n: {len(stages['after_boxes'])} proposals",
+        )  # fmt: skip
+        plt.show()
+
+    return interactive(
+        redraw,
+        pre_nms_top_n=IntSlider(value=300, min=1, max=2000, step=1, description="pre-NMS n"),
+        post_nms_top_n=IntSlider(value=20, min=1, max=300, step=1, description="post-NMS n"),
+        nms_thresh=FloatSlider(value=0.7, min=0.05, max=1.0, step=0.05, description="NMS IoU"),
+        score_thresh=FloatSlider(value=0.0, min=0.0, max=0.99, step=0.01, description="min score"),
+    )
