@@ -27,7 +27,7 @@ from rcnn_lab.sampler import BalancedPositiveNegativeSampler
 
 #: Proposals narrower or shorter than this many pixels are dropped (degenerate after clipping).
 MIN_PROPOSAL_SIZE = 1e-3
-#: Smooth-L1 turns from quadratic to linear at abs(x) = 1/9 (Detectron's sigma = 3, beta = 1/sigma^2).
+#: Smooth-L1 is quadratic below 1/9 and linear above (Detectron's sigma = 3, beta = 1/sigma^2).
 BOX_LOSS_BETA = 1.0 / 9.0
 #: The RPN's deltas are unweighted, unlike the RoI heads' (10, 10, 5, 5).
 RPN_BOX_CODER_WEIGHTS = (1.0, 1.0, 1.0, 1.0)
@@ -99,8 +99,12 @@ class RPNHead(nn.Module):
         if not isinstance(x, (list, tuple)) or any(
             not isinstance(f, Tensor) or f.dim() != 4 for f in x
         ):
-            shapes = [tuple(getattr(f, "shape", ())) for f in x] if isinstance(x, list) else x
-            raise ValueError(f"x must be a list of [N, C, H, W] feature maps, got {shapes!r}")
+            seen = (
+                [tuple(getattr(f, "shape", ())) for f in x]
+                if isinstance(x, (list, tuple))
+                else type(x).__name__
+            )
+            raise ValueError(f"x must be a list of [N, C, H, W] feature maps, got {seen}")
         logits, bbox_reg = [], []
         for feature in x:
             hidden = self.conv(feature)
