@@ -259,3 +259,16 @@ def test_training_without_targets_raises():
         ours.train()(ImageList(images, [(96, 128)]), features, None)
     with pytest.raises(ValueError, match=r"\['boxes'\]"):
         ours(ImageList(images, [(96, 128)]), features, [{"boxes": torch.zeros(4)}])
+
+
+def test_parity_realistic_fpn_size_float32():
+    """torchvision's Faster R-CNN settings on a 512 x 640 batch: ~87k anchors, thousands of NMS
+    candidates per image, bitwise-equal proposals and losses in float32."""
+    levels = (((32,), (64,), (128,), (256,), (512,)), ((0.5, 1.0, 2.0),) * 5)
+    theirs, ours = make_pair(levels, dtype=torch.float32, pre=(2000, 1000), post=(2000, 1000))
+    image_sizes = [(512, 640), (480, 600)]
+    images, features, targets = make_batch(image_sizes, 5, torch.float32, num_boxes=(8, 3))
+    for train in (True, False):
+        their_out, our_out = run_both(theirs, ours, images, image_sizes, features, targets, train)
+        assert_same(their_out, our_out)
+        assert all(len(b) == (2000 if train else 1000) for b in our_out[0])
