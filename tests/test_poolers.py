@@ -151,6 +151,8 @@ def test_bad_inputs():
     pooler = MultiScaleRoIAlign(["0", "missing"], 3, 2)
     with pytest.raises(ValueError, match="missing"):
         pooler(feats, [torch.zeros(1, 4)], [(64, 64)])
+    with pytest.raises(ValueError, match="dict"):
+        MultiScaleRoIAlign(["0"], 3, 2)(list(feats.values()), [torch.zeros(1, 4)], [(64, 64)])
     with pytest.raises(ValueError, match="image_shapes"):
         MultiScaleRoIAlign(["0"], 3, 2)(feats, [torch.zeros(1, 4)], [])
     with pytest.raises(ValueError, match=r"boxes\[0\]"):

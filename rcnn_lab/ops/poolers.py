@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from rcnn_lab.ops.roi_align import convert_boxes_to_roi_format, roi_align
 
-#: FPN eq. 1's constants: a box of CANONICAL_SCALE pixels maps to level CANONICAL_LEVEL.
+#: FPN eq. 1's constants, where a box of CANONICAL_SCALE pixels maps to level CANONICAL_LEVEL.
 CANONICAL_SCALE, CANONICAL_LEVEL = 224, 4
 #: Nudges log2 ratios that land a hair below an integer (224 * 2**j boxes) onto that integer.
 LEVEL_EPS = 1e-6
@@ -117,6 +117,8 @@ class MultiScaleRoIAlign(nn.Module):
 
     def _filter(self, x: dict[str, Tensor]) -> list[Tensor]:
         """The maps named in featmap_names, in the dict's own order (as torchvision takes them)."""
+        if not isinstance(x, dict):
+            raise ValueError(f"x must be a dict of feature maps by name, got {type(x).__name__}")
         missing = [name for name in self.featmap_names if name not in x]
         if missing:
             raise ValueError(f"x has no feature maps {missing}; it has keys {list(x)}")
