@@ -209,7 +209,7 @@ def _fixed_point(over: Tensor) -> Tensor:
     hitters_of = above.t()  # [B, B] row j: who may suppress j
     keep = torch.ones(over.shape[0], dtype=above.dtype, device=over.device)
     for _ in range(over.shape[0]):
-        new_keep = (torch.mv(hitters_of, keep) == 0).to(above.dtype)  # [B] 1.0: no kept hitter
+        new_keep = torch.mv(hitters_of, keep).eq_(0)  # [B] 1.0 where no kept box hits
         if torch.equal(new_keep, keep):
             break
         keep = new_keep
@@ -225,6 +225,21 @@ def _overlaps(a: Tensor, b: Tensor, thr: float, labels: tuple | None) -> Tensor:
     return over
 
 
+def _best_iou(winners: Tensor, others: Tensor, labels: tuple | None) -> Tensor:
+    """[M] largest IoU of each column of ``others`` [5, M] with a (same-label) winner [5, K].
+
+    "max > thr" is "any(IoU > thr)" in a third of the time of a boolean any-reduction. A NaN
+    IoU (0 / 0 of two empty boxes) never exceeds a threshold, so it must not win the max:
+    it becomes -inf, as do pairs of different labels.
+    """
+    iou = _pair_iou(winners, others)  # [K, M]
+    if labels is not None:
+        a_labels, b_labels = labels
+        iou.masked_fill_(a_labels[:, None] != b_labels[None, :], float("-inf"))
+    iou = torch.nan_to_num_(iou, nan=float("-inf"), posinf=float("inf"), neginf=float("-inf"))
+    return iou.amax(dim=0)
+
+
 def _hit_by(winners: Tensor, others: Tensor, thr: float, labels: tuple | None) -> Tensor:
     """Which of ``others`` [5, M] some column of ``winners`` [5, K] overlaps above thr: [M] bool.
 
@@ -232,12 +247,12 @@ def _hit_by(winners: Tensor, others: Tensor, thr: float, labels: tuple | None) -
     """
     chunk = max(1, _PAIR_BUDGET // max(1, winners.shape[1]))
     if others.shape[1] <= chunk:
-        return _overlaps(winners, others, thr, labels).any(dim=0)
-    hits = []
+        return _best_iou(winners, others, labels) > thr
+    best = []
     for start in range(0, others.shape[1], chunk):
         part = None if labels is None else (labels[0], labels[1][start : start + chunk])
-        hits.append(_overlaps(winners, others[:, start : start + chunk], thr, part).any(dim=0))
-    return torch.cat(hits)
+        best.append(_best_iou(winners, others[:, start : start + chunk], part))
+    return torch.cat(best) > thr
 
 
 def _greedy_keep(cols: Tensor, thr: float, labels: Tensor | None = None) -> Tensor:
@@ -251,26 +266,26 @@ def _greedy_keep(cols: Tensor, thr: float, labels: Tensor | None = None) -> Tens
     pos = torch.arange(cols.shape[1], device=cols.device)  # [M] sorted position of survivors
     winners = []
     while pos.numel() > 0:
-        block, block_labels = cols[:, :_NMS_BLOCK], None
-        if labels is not None:
-            block_labels = labels[:_NMS_BLOCK]
+        block = cols[:, :_NMS_BLOCK]
+        block_labels = None if labels is None else labels[:_NMS_BLOCK]
         pair_labels = None if labels is None else (block_labels, block_labels)
         keep = _fixed_point(_overlaps(block, block, thr, pair_labels))  # [b]
         won = block[:, keep]  # [5, K] final winners of the block
         winners.append(pos[:_NMS_BLOCK][keep])
         cols, pos = cols[:, _NMS_BLOCK:], pos[_NMS_BLOCK:]
-        if labels is None:
-            if pos.numel() > 0 and won.shape[1] > 0:
-                survive = ~_hit_by(won, cols, thr, None)
-                cols, pos = cols[:, survive], pos[survive]
+        labels = None if labels is None else labels[_NMS_BLOCK:]
+        if pos.numel() == 0 or won.shape[1] == 0:
             continue
-        labels = labels[_NMS_BLOCK:]
-        if pos.numel() > 0 and won.shape[1] > 0:  # higher labels cannot meet these winners
+        reach, pair_labels = pos.numel(), None
+        if labels is not None:  # survivors of higher labels cannot meet these winners
             won_labels = block_labels[keep]
             reach = int(torch.searchsorted(labels, won_labels[-1], right=True))
-            survive = torch.ones_like(pos, dtype=torch.bool)
-            survive[:reach] = ~_hit_by(won, cols[:, :reach], thr, (won_labels, labels[:reach]))
-            cols, pos, labels = cols[:, survive], pos[survive], labels[survive]
+            pair_labels = (won_labels, labels[:reach])
+        survive = ~_hit_by(won, cols[:, :reach], thr, pair_labels)  # [reach]
+        if reach < pos.numel():
+            survive = torch.cat((survive, survive.new_ones(pos.numel() - reach)))
+        cols, pos = cols[:, survive], pos[survive]
+        labels = None if labels is None else labels[survive]
     return torch.cat(winners)
 
 
@@ -290,16 +305,18 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     Returns:
         [K] int64 indices of the kept boxes, by decreasing score.
 
-    Cost: blocks of B = 256 boxes. Each block's winners are compared with all surviving lower
-    boxes, so time is O(N * K) pair IoUs (K kept, as torchvision's kernel) plus O(N * B * rounds)
-    inside blocks; memory O(N + B * N) bool and at most 4 Mi float pairs at a time. Host
-    synchronisations: a few per block and one per fixed-point round, none per box.
+    Cost: blocks of B = 128 boxes. Each block's winners are compared with every surviving lower
+    box, so time is O(N * K) pair IoUs (K kept; torchvision's loop does the same work) plus
+    O(B^2) per block and round of the fixed point. Memory: O(N) for the sorted boxes, O(B^2) per
+    block and at most 4 Mi box pairs (a few float temporaries of 16 MiB) at a time, whatever N.
+    Host synchronisations: a few per block and one per fixed-point round, none per box.
     """
     _check_nms_inputs(boxes, scores)
     if boxes.shape[0] == 0:
         return torch.empty((0,), dtype=torch.int64, device=boxes.device)
     order = torch.sort(scores, dim=0, descending=True, stable=True).indices
-    keep = _greedy_keep(_sorted_columns(boxes, order), _threshold_below(iou_threshold, boxes.dtype))
+    thr = _threshold_below(float(iou_threshold), boxes.dtype)
+    keep = _greedy_keep(_sorted_columns(boxes, order), thr)
     return order[keep]
 
 
@@ -309,7 +326,7 @@ def _per_class_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: f
     by_class = torch.sort(idxs[by_score], dim=0, stable=True).indices
     order = by_score[by_class]  # [N] class ascending, then score descending, then index
     cols = _sorted_columns(boxes, order)
-    keep = _greedy_keep(cols, _threshold_below(iou_threshold, boxes.dtype), idxs[order])
+    keep = _greedy_keep(cols, _threshold_below(float(iou_threshold), boxes.dtype), idxs[order])
     kept = torch.sort(order[keep]).values  # ascending box index, like a boolean keep mask
     # same (non-stable) sort call as torchvision's per-class path, so ties come out alike
     return kept[scores[kept].sort(descending=True)[1]]
