@@ -53,7 +53,7 @@ def convert_boxes_to_roi_format(boxes: Tensor | list[Tensor] | tuple[Tensor, ...
             raise ValueError(f"boxes[{i}] must be an [L, 4] tensor, got {seen}")
     coords = torch.cat(list(boxes), dim=0)  # [K, 4]
     counts = torch.tensor([len(b) for b in boxes], device=coords.device)
-    ids = torch.repeat_interleave(torch.arange(len(boxes), device=coords.device), counts)
+    ids = _owners(counts, coords.shape[0])  # [K] the image of every box
     return torch.cat([ids.to(coords.dtype)[:, None], coords], dim=1)  # [K, 5]
 
 
@@ -148,15 +148,30 @@ def _index_dtype(num_images: int, shape: tuple[int, int]) -> torch.dtype:
     return torch.int32 if max_rows < torch.iinfo(torch.int32).max else torch.int64
 
 
+def _owners(counts: Tensor, total: int) -> Tensor:
+    """k repeated counts[k] times: [total] int64, like repeat_interleave(arange(K), counts).
+
+    Built from bincount + cumsum, which run serially: repeat_interleave's CPU kernel opens a
+    parallel region even for a handful of elements, and on a busy machine each such region can
+    stall for milliseconds.
+    """
+    starts = torch.cumsum(counts, 0) - counts  # [K]; empty runs share the next run's start
+    runs_starting_here = torch.bincount(starts, minlength=total + 1)[:total]  # [total]
+    return torch.cumsum(runs_starting_here, 0) - 1
+
+
+def _repeat_each(values: Tensor, times: int) -> Tensor:
+    """[K] -> [K * times], every value repeated ``times`` times in place (a broadcast copy)."""
+    return values[:, None].expand(-1, times).reshape(-1)
+
+
 def _ragged_arange(counts: Tensor) -> tuple[Tensor, Tensor]:
     """For counts [K], the owner k and the local index 0..counts[k]-1 of every one of sum(counts).
 
     One host sync: the total length decides the size of the result.
     """
     total = int(counts.sum())  # sync: the output size depends on the data
-    owner = torch.repeat_interleave(
-        torch.arange(counts.numel(), device=counts.device), counts, output_size=total
-    )  # [total]
+    owner = _owners(counts, total)  # [total]
     first = torch.cumsum(counts, 0) - counts  # [K] where each owner's run starts
     local = torch.arange(total, device=counts.device) - first[owner]  # [total]
     return owner, local
@@ -164,13 +179,14 @@ def _ragged_arange(counts: Tensor) -> tuple[Tensor, Tensor]:
 
 def _adaptive_axis(
     start: Tensor, bin_size: Tensor, grid: Tensor, bins: int, size: int, index_dtype: torch.dtype
-) -> tuple[Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Corners along one axis when RoI k has ``grid[k]`` samples per bin (variable).
 
     Returns:
         index, weight: [sum_k bins * grid[k], 2] corners of the samples, RoI after RoI, each
             RoI's samples ordered (bin, step).
         first: [K] where RoI k's samples start in that list.
+        owner: [sum_k bins * grid[k]] the RoI of every sample.
     """
     counts = bins * grid  # [K]
     owner, local = _ragged_arange(counts)
@@ -180,7 +196,7 @@ def _adaptive_axis(
         start[owner], bin_size[owner], (local // g).to(dtype), g.to(dtype), (local % g).to(dtype)
     )  # [sum_k bins * grid[k]]
     index, weight = _corners(pos, size, index_dtype)
-    return index, weight, torch.cumsum(counts, 0) - counts
+    return index, weight, torch.cumsum(counts, 0) - counts, owner
 
 
 def _bag_samples(
@@ -200,12 +216,12 @@ def _bag_samples(
     bins = torch.arange(ph * pw, device=gh.device)
     bag_y = (y_first[:, None] + (bins // pw)[None, :] * gh[:, None]).reshape(-1)  # [K*ph*pw]
     bag_x = (x_first[:, None] + (bins % pw)[None, :] * gw[:, None]).reshape(-1)  # [K*ph*pw]
-    bag_size = (gh * gw).repeat_interleave(ph * pw)  # [K*ph*pw]
+    bag_size = _repeat_each(gh * gw, ph * pw)  # [K*ph*pw]
     bag_first = torch.cumsum(bag_size, 0) - bag_size
-    info = torch.stack([bag_y, bag_x, gw.repeat_interleave(ph * pw), bag_first], dim=1)
+    info = torch.stack([bag_y, bag_x, _repeat_each(gw, ph * pw), bag_first], dim=1)
     total = int(bag_size.sum())  # sync: the number of samples decides the size of the result
-    # one repeat_interleave copies each bag's 4 numbers to all of its samples
-    per_sample = torch.repeat_interleave(info, bag_size, dim=0, output_size=total)  # [T, 4]
+    # one gather copies each bag's 4 numbers to all of its samples
+    per_sample = info[_owners(bag_size, total)]  # [T, 4]
     local = torch.arange(total, device=gh.device) - per_sample[:, 3]  # [T]
     gy, gx = local // per_sample[:, 2], local % per_sample[:, 2]
     return per_sample[:, 0] + gy, per_sample[:, 1] + gx, bag_first
@@ -231,11 +247,12 @@ def _adaptive_grid_bags(
     # ceil of a negative size (aligned=True, x2 < x1) means no samples: an all-zero output
     grid = torch.ceil(bin_size).to(torch.int64).clamp(min=0)  # [K, 2] (gh, gw)
     gh, gw = grid[:, 0], grid[:, 1]
-    y_idx, y_w, y_first = _adaptive_axis(start[:, 0], bin_size[:, 0], gh, ph, height, index_dtype)
-    x_idx, x_w, x_first = _adaptive_axis(start[:, 1], bin_size[:, 1], gw, pw, width, index_dtype)
+    y_idx, y_w, y_first, roi_of_y = _adaptive_axis(
+        start[:, 0], bin_size[:, 0], gh, ph, height, index_dtype
+    )
+    x_idx, x_w, x_first, _ = _adaptive_axis(start[:, 1], bin_size[:, 1], gw, pw, width, index_dtype)
     per_bin = gh * gw  # [K] samples in each bin of RoI k
     image_base = rois[:, 0].to(index_dtype) * (height * width)
-    roi_of_y = torch.repeat_interleave(torch.arange(len(rois), device=rois.device), gh * ph)
     y_rows = image_base[roi_of_y][:, None] + y_idx * width  # [Ly, 2]
     y_w = y_w / per_bin[roi_of_y].to(y_w.dtype)[:, None]  # fold in 1 / (gh * gw)
     y_at, x_at, bag_first = _bag_samples(y_first, x_first, gh, gw, out)
