@@ -3,8 +3,10 @@
 Runs alternate (rcnn_lab, torchvision, rcnn_lab, ...) in one process, so that load from other
 processes hits both alike; each cell is the median of ``--repeats`` runs, after a check that both
 keep exactly the same indices. "speed" is torchvision's time / rcnn_lab's time (1.0 = as fast,
-above 1 = rcnn_lab faster). torchvision's CPU kernel is single-threaded; ``--threads 1`` gives
-rcnn_lab the same single core. Prints a markdown table.
+above 1 = rcnn_lab faster). torchvision's CPU kernel is single-threaded, so by default rcnn_lab
+gets the same single core (``--threads 1``); ``--threads 0`` keeps PyTorch's default thread
+count (which on a shared, busy machine can be much slower than one thread). Prints a markdown
+table.
 
     python benchmarks/bench_nms.py [--device cpu|cuda] [--repeats 15] [--threads 1]
 """
@@ -72,7 +74,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=15)
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (0: default)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
