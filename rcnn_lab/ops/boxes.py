@@ -1,4 +1,4 @@
-"""Box geometry, IoU and exact non-maximum suppression (Faster R-CNN, Ren et al. 2015, Sec. 3.1.3).
+"""Box geometry, IoU and exact NMS (Faster R-CNN, Ren et al. 2015, Secs. 3.1.2 and 3.3).
 
 Every function mirrors ``torchvision.ops`` (0.29) in signature and result, bit for bit in
 float32 and float64: the arithmetic is done in the same order, so rounding is the same.
