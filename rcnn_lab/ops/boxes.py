@@ -188,12 +188,11 @@ def _pair_iou(a: Tensor, b: Tensor) -> Tensor:
     The order of operations is torchvision's CPU kernel's (clamped w * h, then
     inter / ((area_a + area_b) - inter)), so float32 results are bit-identical to it.
     """
-    ax1, ay1, ax2, ay2, a_area = a[:, :, None].unbind(0)  # each [K, 1]
-    bx1, by1, bx2, by2, b_area = b[:, None, :].unbind(0)  # each [1, M]
-    w = torch.minimum(ax2, bx2).sub_(torch.maximum(ax1, bx1)).clamp_(min=0)  # [K, M]
-    h = torch.minimum(ay2, by2).sub_(torch.maximum(ay1, by1)).clamp_(min=0)  # [K, M]
-    inter = w.mul_(h)
-    return inter.div_((a_area + b_area).sub_(inter))
+    a, b = a[:, :, None], b[:, None, :]  # [5, K, 1] and [5, 1, M]
+    top_left = torch.maximum(a[:2], b[:2])  # [2, K, M] (x, y) of the overlap's top-left
+    sides = torch.minimum(a[2:4], b[2:4]).sub_(top_left).clamp_(min=0)  # [2, K, M] (w, h)
+    inter = sides[0].mul_(sides[1])  # [K, M]
+    return inter.div_((a[4] + b[4]).sub_(inter))
 
 
 def _fixed_point(over: Tensor) -> Tensor:
