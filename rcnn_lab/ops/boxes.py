@@ -224,33 +224,26 @@ def _overlaps(a: Tensor, b: Tensor, thr: float, labels: tuple | None) -> Tensor:
     return over
 
 
-def _best_iou(winners: Tensor, others: Tensor, labels: tuple | None) -> Tensor:
-    """[M] largest IoU of each column of ``others`` [5, M] with a (same-label) winner [5, K].
+def _best_iou(winners: Tensor, others: Tensor) -> Tensor:
+    """[M] largest IoU of each column of ``others`` [5, M] with any column of ``winners`` [5, K].
 
     "max > thr" is "any(IoU > thr)" in a third of the time of a boolean any-reduction. A NaN
-    IoU (0 / 0 of two empty boxes) never exceeds a threshold, so it must not win the max:
-    it becomes -inf, as do pairs of different labels.
+    IoU (0 / 0 of two empty boxes) never exceeds a threshold, so it must not win the max.
     """
     iou = _pair_iou(winners, others)  # [K, M]
-    if labels is not None:
-        a_labels, b_labels = labels
-        iou.masked_fill_(a_labels[:, None] != b_labels[None, :], float("-inf"))
     iou = torch.nan_to_num_(iou, nan=float("-inf"), posinf=float("inf"), neginf=float("-inf"))
     return iou.amax(dim=0)
 
 
-def _hit_by(winners: Tensor, others: Tensor, thr: float, labels: tuple | None) -> Tensor:
+def _hit_by(winners: Tensor, others: Tensor, thr: float) -> Tensor:
     """Which of ``others`` [5, M] some column of ``winners`` [5, K] overlaps above thr: [M] bool.
 
     Works on column chunks so that at most ``_PAIR_BUDGET`` pairs are held in memory at once.
     """
     chunk = max(1, _PAIR_BUDGET // max(1, winners.shape[1]))
     if others.shape[1] <= chunk:
-        return _best_iou(winners, others, labels) > thr
-    best = []
-    for start in range(0, others.shape[1], chunk):
-        part = None if labels is None else (labels[0], labels[1][start : start + chunk])
-        best.append(_best_iou(winners, others[:, start : start + chunk], part))
+        return _best_iou(winners, others) > thr
+    best = [_best_iou(winners, others[:, i : i + chunk]) for i in range(0, others.shape[1], chunk)]
     return torch.cat(best) > thr
 
 
@@ -259,8 +252,9 @@ def _greedy_keep(cols: Tensor, thr: float, labels: Tensor | None = None) -> Tens
 
     Take the top B survivors as a block and solve it exactly (:func:`_fixed_point`); its winners
     are then final, so delete every lower survivor they overlap; repeat. With ``labels``
-    (ascending, scores descending within a label) only same-label boxes interact, and winners
-    meet only survivors whose label is at most the block's last.
+    (ascending, scores descending within a label) only same-label boxes interact: survivors
+    below a block have labels >= its last label L, so only its winners of label L are compared,
+    and only with the survivors of label L.
     """
     pos = torch.arange(cols.shape[1], device=cols.device)  # [M] sorted position of survivors
     winners = []
@@ -273,14 +267,14 @@ def _greedy_keep(cols: Tensor, thr: float, labels: Tensor | None = None) -> Tens
         winners.append(pos[:_NMS_BLOCK][keep])
         cols, pos = cols[:, _NMS_BLOCK:], pos[_NMS_BLOCK:]
         labels = None if labels is None else labels[_NMS_BLOCK:]
-        if pos.numel() == 0 or won.shape[1] == 0:
+        reach = pos.numel()
+        if labels is not None and reach > 0:  # survivors all have labels >= the block's last
+            last = block_labels[-1]  # label L: only winners of label L meet them, up to `reach`
+            won = won[:, block_labels[keep] == last]
+            reach = int(torch.searchsorted(labels, last, right=True))
+        if reach == 0 or won.shape[1] == 0:
             continue
-        reach, pair_labels = pos.numel(), None
-        if labels is not None:  # survivors of higher labels cannot meet these winners
-            won_labels = block_labels[keep]
-            reach = int(torch.searchsorted(labels, won_labels[-1], right=True))
-            pair_labels = (won_labels, labels[:reach])
-        survive = ~_hit_by(won, cols[:, :reach], thr, pair_labels)  # [reach]
+        survive = ~_hit_by(won, cols[:, :reach], thr)  # [reach]
         if reach < pos.numel():
             survive = torch.cat((survive, survive.new_ones(pos.numel() - reach)))
         cols, pos = cols[:, survive], pos[survive]
