@@ -201,6 +201,22 @@ def test_per_class_path_matches_torchvision_per_class_path(data, threshold, num_
     assert torch.equal(ours, _batched_nms_vanilla(boxes, scores, idxs, threshold))
 
 
+@settings(max_examples=50, deadline=None)
+@given(box_sets(max_n=80), thresholds, st.integers(1, 6), st.integers(1, 9))
+def test_tiny_blocks_match_torchvision(data, threshold, num_classes, block):
+    # blocks of 1..9 boxes: many blocks, blocks straddling classes, winners crossing blocks
+    from torchvision.ops.boxes import _batched_nms_vanilla
+
+    boxes, scores = data
+    assume(len(boxes) > 0)
+    idxs = (torch.arange(len(boxes)) * 7) % num_classes
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(boxes_module, "_NMS_BLOCK", block)
+        assert torch.equal(ops.nms(boxes, scores, threshold), tv.nms(boxes, scores, threshold))
+        ours = boxes_module._per_class_nms(boxes, scores, idxs, threshold)
+        assert torch.equal(ours, _batched_nms_vanilla(boxes, scores, idxs, threshold))
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("make", [_uniform, _clustered])
 @pytest.mark.parametrize("n", [0, 1, 2, 300, 5000])
