@@ -43,11 +43,11 @@ from rcnn_lab.rpn import RPNHead
 
 #: COCO's 80 classes in the 91-slot numbering of the original annotations, plus background.
 COCO_NUM_CLASSES = 91
-#: Trunk stages that may be unfrozen: ResNet conv1+layer1..4 (5), MobileNetV3 stages (6).
+#: Trunk stages that may be unfrozen, ResNet conv1+layer1..4 (5), MobileNetV3 stages (6).
 RESNET_STAGES, MOBILENET_STAGES = 5, 6
 #: Stages trained by default when starting from pretrained weights.
 DEFAULT_TRAINABLE_STAGES = 3
-#: MobileNet FPN: all five anchor sizes at every one of its 3 levels.
+#: MobileNet FPN, all five anchor sizes at every one of its 3 levels.
 MOBILENET_ANCHOR_SIZES = ((32, 64, 128, 256, 512),) * 3
 
 

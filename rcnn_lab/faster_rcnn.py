@@ -26,7 +26,7 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 #: One anchor size per FPN level P2..P6 (FPN, Sec. 4.1), three aspect ratios at each.
 FPN_ANCHOR_SIZES = ((32,), (64,), (128,), (256,), (512,))
 ASPECT_RATIOS = (0.5, 1.0, 2.0)
-#: Width of the TwoMLPHead representation (FPN, Sec. 4.2: "two 1024-d fc layers").
+#: Width of the TwoMLPHead representation (FPN, Sec. 4.2, "two 1024-d fc layers").
 REPRESENTATION_SIZE = 1024
 
 

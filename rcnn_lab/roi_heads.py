@@ -27,9 +27,9 @@ from rcnn_lab.sampler import BalancedPositiveNegativeSampler
 BACKGROUND, IGNORE = 0, -1
 #: Box regression weights (wx, wy, ww, wh) of Fast R-CNN's head, used when none are given.
 DEFAULT_BBOX_REG_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
-#: Smooth-L1 turns from quadratic to linear at |x| = 1/9 (Detectron's Fast R-CNN setting).
+#: Smooth-L1 turns from quadratic to linear at abs(x) = 1/9 (Detectron's Fast R-CNN setting).
 SMOOTH_L1_BETA = 1.0 / 9
-#: Boxes narrower or shorter than this (pixels) are dropped before NMS: they cannot be objects.
+#: Boxes narrower or shorter than this (pixels) are dropped before NMS (they cannot be objects).
 MIN_DETECTION_SIZE = 1e-2
 
 

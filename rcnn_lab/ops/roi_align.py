@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-#: aligned=True subtracts half a feature pixel: box coordinates count pixel edges, while
+#: aligned=True subtracts half a feature pixel, since box coordinates count pixel edges, while
 #: bilinear sampling reads pixel i at coordinate i (its centre).
 HALF_PIXEL = 0.5
 #: aligned=False (the legacy behaviour) forces RoIs to be at least one feature pixel wide.

@@ -18,7 +18,7 @@ from torch import Tensor
 from rcnn_lab.ops import roi_align
 from rcnn_lab.ops.poolers import LevelMapper
 
-#: Colours: the RoI, its bins, samples that count, samples that fall off the map.
+#: Colours of the RoI, its bins, samples that count, samples that fall off the map.
 ROI_COLOUR, BIN_COLOUR, SAMPLE_COLOUR, OUTSIDE_COLOUR = "tab:red", "white", "lime", "tab:orange"
 
 

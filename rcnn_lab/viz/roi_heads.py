@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from rcnn_lab.viz.draw import draw_boxes, show_image
 
-#: Output standard deviation given to each final layer: spread logits, modest box deltas.
+#: Output standard deviation given to each final layer (spread logits, modest box deltas).
 HEAD_OUTPUT_STD = {
     "rpn.head.cls_logits": 2.0,
     "rpn.head.bbox_pred": 0.2,
