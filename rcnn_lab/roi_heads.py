@@ -182,9 +182,9 @@ class RoIHeads(nn.Module):
         score_thresh: inference keeps (RoI, class) pairs whose softmax score exceeds this.
         nms_thresh: IoU above which a lower-scoring detection of the same class is suppressed.
         detections_per_img: the most detections returned per image.
-        mask_roi_pool, mask_head, mask_predictor, keypoint_roi_pool, keypoint_head,
-        keypoint_predictor: accepted for torchvision's signature; Mask/Keypoint R-CNN are not
-            implemented, so anything but None raises NotImplementedError.
+        mask_roi_pool, mask_head, mask_predictor: accepted for torchvision's signature; Mask
+            R-CNN is not implemented, so anything but None raises NotImplementedError.
+        keypoint_roi_pool, keypoint_head, keypoint_predictor: the same for Keypoint R-CNN.
     """
 
     def __init__(
