@@ -95,7 +95,7 @@ def test_page_renders_offline(browser, page_name):
         )
         assert broken == [], f"broken images: {broken}"
         if page.locator(".math").count():
-            page.wait_for_selector("mjx-container", timeout=15000)
+            page.wait_for_selector("mjx-container", state="attached", timeout=15000)
             raw = page.evaluate(
                 "Array.from(document.querySelectorAll('.math')).filter("
                 "e => !e.querySelector('mjx-container') && e.tagName !== 'MJX-CONTAINER').length"
