@@ -102,9 +102,10 @@ def test_widget_state_present_for_widget_views(path):
 def test_explorers_are_nbval_ignored(path):
     nb = _load(path)
     for i, cell in enumerate(nb.cells):
-        if cell.cell_type == "code" and (
-            "interact(" in cell.source or "interactive(" in cell.source
-        ):
+        if cell.cell_type != "code":
+            continue
+        widget_view = any(WIDGET_MIME in out.get("data", {}) for out in cell.outputs)
+        if widget_view or "interact(" in cell.source or "interactive(" in cell.source:
             tags = cell.metadata.get("tags", [])
             assert "nbval-ignore-output" in tags, (
                 f"cell {i} is an explorer without nbval-ignore-output"
