@@ -90,9 +90,12 @@ def check_inputs(
 ) -> None:
     """Raise ValueError on inputs torchvision would reject, and on non-finite values.
 
-    Images must be [C, H, W] tensors; in training, targets must be given, one per image, each
-    with "boxes" [G, 4] and "labels" [G]. Images and boxes must be free of NaN and inf.
+    Images must be [C, H, W] tensors (or one [N, C, H, W] tensor); in training, targets must
+    be given, one per image, each with "boxes" [G, 4] and "labels" [G]. Images and boxes must
+    be free of NaN and inf.
     """
+    if isinstance(images, Tensor) and images.dim() == 4:
+        images = list(images)  # a batch tensor [N, C, H, W] is N images, as in torchvision
     if not isinstance(images, (list, tuple)) or not all(isinstance(i, Tensor) for i in images):
         raise ValueError(f"images: expected a list of [C, H, W] tensors, got {type(images)}")
     for index, image in enumerate(images):

@@ -432,6 +432,18 @@ def test_valid_inputs_train_and_evaluate(tiny):
     tiny.train()
 
 
+def test_a_batch_tensor_is_accepted_like_a_list(tiny):
+    images = torch.rand(2, 3, 64, 80)
+    with torch.no_grad():
+        from_tensor = tiny.eval()(images)
+        from_list = tiny(list(images))
+    tiny.train()
+    for a, b in zip(from_tensor, from_list, strict=True):
+        torch.testing.assert_close(a["boxes"], b["boxes"], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="list of"):
+        tiny(torch.rand(3, 64, 80))
+
+
 def test_constructor_checks():
     backbone = nn.Sequential(nn.Conv2d(3, 8, 3))
     with pytest.raises(ValueError, match="out_channels"):
