@@ -37,7 +37,6 @@ from rcnn_lab.backbone import (
 )
 from rcnn_lab.faster_rcnn import FasterRCNN, _default_anchor_generator
 from rcnn_lab.frozen_batchnorm import FrozenBatchNorm2d
-from rcnn_lab.ops.poolers import MultiScaleRoIAlign
 from rcnn_lab.roi_heads import FastRCNNConvFCHead
 from rcnn_lab.rpn import RPNHead
 
@@ -207,11 +206,6 @@ def _fasterrcnn_mobilenet_v3_large_fpn(
     ratios = (0.5, 1.0, 2.0)
     anchor_generator = AnchorGenerator(
         MOBILENET_ANCHOR_SIZES, (ratios,) * len(MOBILENET_ANCHOR_SIZES)
-    )
-    # The MobileNet FPN returns levels "0", "1" and "pool"; torchvision's default pooler lists
-    # "0".."3" and silently pools those present. Name the two it really pools (same numerics).
-    kwargs.setdefault(
-        "box_roi_pool", MultiScaleRoIAlign(["0", "1"], output_size=7, sampling_ratio=2)
     )
     model = FasterRCNN(backbone, num_classes, rpn_anchor_generator=anchor_generator, **kwargs)
     if weights is not None:

@@ -199,6 +199,9 @@ def test_state_dicts_load_both_ways(pairs, num_classes):
     assert {n for n, p in ours.named_parameters() if p.requires_grad} == {
         n for n, p in theirs.named_parameters() if p.requires_grad
     }
+    # the parameter-free parts are configured alike too
+    assert repr(ours.roi_heads.box_roi_pool) == repr(theirs.roi_heads.box_roi_pool)
+    assert repr(ours.rpn.anchor_generator.sizes) == repr(theirs.rpn.anchor_generator.sizes)
 
 
 def test_frozen_batchnorm_layout_loads_both_ways():

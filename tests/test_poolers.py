@@ -146,10 +146,19 @@ def test_repr_and_state_dict():
     assert ours.output_size == (7, 7)
 
 
+def test_names_missing_from_x_are_skipped_like_torchvision():
+    feats = pyramid((64, 64), [4, 8], 2, 1, torch.float64)
+    boxes = [boxes_for((64, 64), 9, seed=3, dtype=torch.float64)]
+    names = ["0", "1", "2", "3"]  # FasterRCNN's default pooler over a 2-level backbone
+    ours = MultiScaleRoIAlign(names, 3, 2)(feats, boxes, [(64, 64)])
+    theirs = torchvision.ops.MultiScaleRoIAlign(names, 3, 2)(feats, boxes, [(64, 64)])
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-12)
+
+
 def test_bad_inputs():
     feats = pyramid((64, 64), [4], 2, 1, torch.float32)
-    pooler = MultiScaleRoIAlign(["0", "missing"], 3, 2)
-    with pytest.raises(ValueError, match="missing"):
+    pooler = MultiScaleRoIAlign(["missing", "absent"], 3, 2)
+    with pytest.raises(ValueError, match="none of the feature maps"):
         pooler(feats, [torch.zeros(1, 4)], [(64, 64)])
     with pytest.raises(ValueError, match="dict"):
         MultiScaleRoIAlign(["0"], 3, 2)(list(feats.values()), [torch.zeros(1, 4)], [(64, 64)])

@@ -119,10 +119,14 @@ class MultiScaleRoIAlign(nn.Module):
         """The maps named in featmap_names, in the dict's own order (as torchvision takes them)."""
         if not isinstance(x, dict):
             raise ValueError(f"x must be a dict of feature maps by name, got {type(x).__name__}")
-        missing = [name for name in self.featmap_names if name not in x]
-        if missing:
-            raise ValueError(f"x has no feature maps {missing}; it has keys {list(x)}")
-        return [v for k, v in x.items() if k in self.featmap_names]
+        # Names that x lacks are skipped, as torchvision does: the MobileNet FPN returns levels
+        # "0", "1" and "pool" while FasterRCNN's default pooler lists "0".."3".
+        maps = [v for k, v in x.items() if k in self.featmap_names]
+        if not maps:
+            raise ValueError(
+                f"x has none of the feature maps {self.featmap_names}; it has keys {list(x)}"
+            )
+        return maps
 
     def forward(
         self, x: dict[str, Tensor], boxes: list[Tensor], image_shapes: list[tuple[int, int]]
