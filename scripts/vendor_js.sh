@@ -26,10 +26,15 @@ mkdir -p _vendor
 cp -r .npm-vendor/node_modules/mathjax/es5 _vendor/mathjax
 cp .npm-vendor/node_modules/requirejs/require.js _vendor/require.js
 cp .npm-vendor/node_modules/@jupyter-widgets/html-manager/dist/embed-amd.js _vendor/embed-amd.js
-# the widget manager's icon fonts, referenced relative to embed-amd.js
+# The widget manager's icon fonts: its CSS asks for them relative to the PAGE, at
+# @jupyter-widgets/html-manager/dist/<hash>.woff2, and every chapter page lives in book/.
+# html_extra_path (_vendor_extra) copies this tree into the built site as it is.
+fonts=_vendor_extra/book/@jupyter-widgets/html-manager/dist
+rm -rf _vendor_extra
+mkdir -p "$fonts"
 find .npm-vendor/node_modules/@jupyter-widgets/html-manager/dist -maxdepth 1 \
   \( -name '*.woff2' -o -name '*.woff' -o -name '*.ttf' -o -name '*.eot' -o -name '*.svg' \) \
-  -exec cp {} _vendor/ \;
+  -exec cp {} "$fonts"/ \;
 for f in _vendor/mathjax/tex-chtml.js _vendor/require.js _vendor/embed-amd.js; do
   [ -s "$f" ] || { echo "vendor_js.sh: $f is missing after npm install" >&2; exit 1; }
 done

@@ -65,7 +65,11 @@ def browser():
 
 
 def _open(context, page_name: str):
-    """Open one built page with every non-file request aborted; returns (page, blocked urls)."""
+    """Open one built page with every non-file request aborted.
+
+    Returns the page, the URLs that tried to leave the machine, and the local files that failed
+    to load (a file the HTML asks for but the build did not produce).
+    """
     blocked: list[str] = []
 
     def route(route):
@@ -77,14 +81,19 @@ def _open(context, page_name: str):
 
     page = context.new_page()
     page.route("**/*", route)
+    missing: list[str] = []
+    page.on(
+        "requestfailed",
+        lambda request: missing.append(request.url) if request.url.startswith("file://") else None,
+    )
     page.goto((HTML / f"{page_name}.html").as_uri(), wait_until="load")
     page.wait_for_timeout(500)
-    return page, blocked
+    return page, blocked, missing
 
 
 @pytest.mark.parametrize("page_name", PAGES)
 def test_page_renders_offline(browser, page_name):
-    page, blocked = _open(browser, page_name)
+    page, blocked, missing = _open(browser, page_name)
     try:
         assert page.title().strip(), "empty <title>"
         assert page.locator("h1").count() >= 1, "no page heading"
@@ -112,5 +121,6 @@ def test_page_renders_offline(browser, page_name):
             assert any("mybinder.org" in h for h in links), "no Binder launch link"
         page.screenshot(path=str(SHOTS / f"{page_name.replace('/', '_')}.png"), full_page=False)
         assert blocked == [], f"{len(blocked)} requests tried to leave the machine: {blocked[:5]}"
+        assert missing == [], f"files the page asks for are missing from the build: {missing[:5]}"
     finally:
         page.close()
