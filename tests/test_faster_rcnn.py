@@ -28,6 +28,8 @@ from rcnn_lab.faster_rcnn import FasterRCNN, GeneralizedRCNN
 from rcnn_lab.frozen_batchnorm import FrozenBatchNorm2d
 from rcnn_lab.ops.poolers import MultiScaleRoIAlign
 from rcnn_lab.roi_heads import FastRCNNPredictor
+from rcnn_lab.viz.roi_heads import calibrate_batchnorm
+from rcnn_lab.viz.roi_heads import spread_head_weights as randomize_heads
 
 BUILDERS = [
     "fasterrcnn_resnet50_fpn",
@@ -48,61 +50,6 @@ SMALL = dict(
 )
 IMAGE_SHAPES = [(120, 160), (150, 110), (96, 128)]
 LOSS_KEYS = ["loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg"]
-
-
-#: Output standard deviation given to each final layer (logits spread, deltas move boxes).
-HEAD_OUTPUT_STD = {
-    "rpn.head.cls_logits": 2.0,
-    "rpn.head.bbox_pred": 0.2,
-    "roi_heads.box_predictor.cls_score": 2.0,
-    "roi_heads.box_predictor.bbox_pred": 0.2,
-}
-
-
-def calibrate_batchnorm(model: nn.Module, images: list[torch.Tensor], targets) -> None:
-    """Set every BatchNorm's running statistics to those of one training pass on ``images``.
-
-    A randomly initialised trunk in eval mode (running mean 0, variance 1) lets activations
-    explode (ResNet) or collapse to a constant (MobileNet); with real statistics every layer
-    is normalised and the features vary across the image, as a trained model's do.
-    """
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    for norm in norms:
-        norm.reset_running_stats()
-        norm.momentum = None  # a cumulative average: after one pass, exactly that pass's stats
-    with torch.no_grad():
-        model.train()(images, targets)
-    for norm in norms:
-        norm.momentum = 0.1
-
-
-def randomize_heads(model: nn.Module, images: list[torch.Tensor], seed: int = 0) -> None:
-    """Random final layers whose outputs have the standard deviations of HEAD_OUTPUT_STD.
-
-    Default initialisation gives near-equal scores everywhere; random trunks give features of
-    any magnitude. One calibration pass measures the RMS of each final layer's input, so the
-    weights can be scaled to give well-spread scores whatever the backbone.
-    """
-    rms: dict[str, torch.Tensor] = {}
-
-    def record(name):
-        def hook(module, inputs, output):  # the RPN head calls its layers once per level
-            rms.setdefault(name, inputs[0].pow(2).mean().sqrt())
-
-        return hook
-
-    hooks = [model.get_submodule(n).register_forward_hook(record(n)) for n in HEAD_OUTPUT_STD]
-    with torch.no_grad():
-        model.eval()(images)
-    for hook in hooks:
-        hook.remove()
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, std in HEAD_OUTPUT_STD.items():
-            layer = model.get_submodule(name)
-            scale = std / (rms[name] * layer.weight[0].numel() ** 0.5)
-            layer.weight.copy_(torch.randn(layer.weight.shape, generator=g) * scale)
-            layer.bias.copy_(0.5 * std * torch.randn(layer.bias.shape, generator=g))
 
 
 def build_pair(name: str, num_classes: int | None):
