@@ -193,6 +193,11 @@ def roi_align_explorer(feature: Tensor, spatial_scale: float = 1.0):
         w=FloatSlider(value=image_w * 0.3, min=0.0, max=image_w, step=0.5),
         h=FloatSlider(value=image_h * 0.3, min=0.0, max=image_h, step=0.5),
         output=IntSlider(value=3, min=1, max=7),
-        sampling_ratio=IntSlider(value=2, min=-1, max=4),
+        sampling_ratio=IntSlider(
+            value=2,
+            min=-1,
+            max=4,
+            style={"description_width": "initial"},  # full label
+        ),
         aligned=Checkbox(value=True),
     )
