@@ -17,7 +17,6 @@ For every notebook it
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 import time
 from pathlib import Path
@@ -99,11 +98,10 @@ def execute(path: Path, timeout: int = 900) -> float:
     """Execute one notebook in place; returns the seconds it took."""
     nb = nbformat.read(path, as_version=4)
     ensure_colab_cell(nb)
-    nb.metadata["kernelspec"] = dict(KERNELSPEC)
     client = NotebookClient(
         nb,
         timeout=timeout,
-        kernel_name="python3",
+        kernel_name=KERNELSPEC["name"],  # clean() then records the same spec in the metadata
         resources={"metadata": {"path": str(path.parent)}},
         record_timing=False,
         store_widget_state=True,
@@ -129,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         print("no notebooks to execute", file=sys.stderr)
         return 1
     for path in paths:
-        if not re.search(r"\.ipynb$", str(path)):
+        if path.suffix != ".ipynb":
             print(f"skipping {path}: not a notebook", file=sys.stderr)
             continue
         seconds = execute(path.resolve(), timeout=args.timeout)
