@@ -11,12 +11,17 @@ For every notebook it
   3. executes it with nbclient in the notebook's folder (as nbval does), without timing metadata,
      storing the widget state (so the built book can render the widgets);
   4. merges consecutive stream outputs and resolves carriage returns the way nbval does, so the
-     stored text is exactly what nbval will produce on re-execution.
+     stored text is exactly what nbval will produce on re-execution;
+  5. renames the widget models (random uuid4s in the kernel) to ids derived from the chapter's
+     name and the models' order, so re-executing an unchanged chapter leaves the file unchanged.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -28,6 +33,9 @@ from nbclient import NotebookClient
 ROOT = Path(__file__).resolve().parents[1]
 COLAB_TAG = "remove-cell"
 KERNELSPEC = {"display_name": "Python 3", "language": "python", "name": "python3"}
+WIDGET_STATE_MIME = "application/vnd.jupyter.widget-state+json"
+WIDGET_VIEW_MIME = "application/vnd.jupyter.widget-view+json"
+MODEL_ID = re.compile(r"[0-9a-f]{32}")  # ipywidgets' model ids are uuid4().hex
 
 
 def repository_url() -> str:
@@ -84,14 +92,61 @@ def merge_streams(outputs: list) -> list:
     return merged
 
 
-def clean(nb: nbformat.NotebookNode) -> None:
-    """Strip volatile metadata and normalise outputs after execution."""
+def clean(nb: nbformat.NotebookNode, name: str = "") -> None:
+    """Strip volatile metadata and normalise outputs after execution.
+
+    ``name`` (the chapter's file name) seeds the stable widget ids.
+    """
     nb.metadata["kernelspec"] = dict(KERNELSPEC)
     nb.metadata.pop("papermill", None)
     for cell in nb.cells:
         cell.metadata.pop("execution", None)
         if cell.cell_type == "code":
             cell.outputs = merge_streams(cell.outputs)
+    stabilise_widget_ids(nb, name)
+
+
+def _widget_order(nb: nbformat.NotebookNode, state: dict) -> list[str]:
+    """Model ids in a machine-independent order.
+
+    First the models that cell outputs display, in cell order, each followed depth-first by
+    the models its state references (``IPY_MODEL_<id>``); then any others, ordered by content.
+    """
+    order: list[str] = []
+
+    def visit(model_id: str) -> None:
+        if model_id in state and model_id not in order:
+            order.append(model_id)
+            for ref in re.findall(r"IPY_MODEL_([0-9a-f]{32})", json.dumps(state[model_id])):
+                visit(ref)
+
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            view = out.get("data", {}).get(WIDGET_VIEW_MIME)
+            if view:
+                visit(view["model_id"])
+    rest = [m for m in state if m not in order]
+    return order + sorted(rest, key=lambda m: json.dumps(state[m], sort_keys=True))
+
+
+def stabilise_widget_ids(nb: nbformat.NotebookNode, name: str = "") -> None:
+    """Replace the random widget model ids everywhere in ``nb`` by deterministic ones.
+
+    The static book still renders every widget: the state and the views refer to the same
+    (renamed) ids.
+    """
+    store = nb.metadata.get("widgets", {}).get(WIDGET_STATE_MIME)
+    if not store or not store.get("state"):
+        return
+    order = _widget_order(nb, store["state"])
+    mapping = {
+        old: hashlib.sha256(f"{name}/{index}".encode()).hexdigest()[:32]
+        for index, old in enumerate(order)
+    }
+    text = MODEL_ID.sub(lambda m: mapping.get(m.group(0), m.group(0)), json.dumps(nb))
+    renamed = nbformat.from_dict(json.loads(text))
+    nb.clear()
+    nb.update(renamed)
 
 
 def execute(path: Path, timeout: int = 900) -> float:
@@ -110,7 +165,7 @@ def execute(path: Path, timeout: int = 900) -> float:
     start = time.perf_counter()
     client.execute()
     elapsed = time.perf_counter() - start
-    clean(nb)
+    clean(nb, path.name)
     nbformat.validate(nb)
     nbformat.write(nb, path)
     return elapsed

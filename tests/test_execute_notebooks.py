@@ -40,3 +40,48 @@ def test_execute_runs_a_notebook_in_place(tmp_path, executor):
     assert [c.execution_count for c in code] == [1, 2]
     assert code[1].outputs[0]["text"] == "2\n"
     assert "execution" not in code[1].metadata
+
+
+def test_widget_ids_are_stable_across_executions(tmp_path, executor):
+    code = "import ipywidgets as w\nbox = w.VBox([w.IntSlider(value=3), w.Label('x')])\nbox"
+    nb = nbformat.v4.new_notebook(
+        cells=[nbformat.v4.new_markdown_cell("# 1. T"), nbformat.v4.new_code_cell(code)]
+    )
+    path = tmp_path / "01_t.ipynb"
+    nbformat.write(nb, path)
+    executor.execute(path)
+    first = path.read_text()
+    executor.execute(path)
+    assert path.read_text() == first, "re-executing an unchanged notebook changed the file"
+    done = nbformat.read(path, as_version=4)
+    state = done.metadata.widgets[executor.WIDGET_STATE_MIME]["state"]
+    (view,) = [o for o in done.cells[-1].outputs if executor.WIDGET_VIEW_MIME in o.get("data", {})]
+    top = view["data"][executor.WIDGET_VIEW_MIME]["model_id"]
+    assert top in state, "the displayed view must point at a stored model"
+    children = state[top]["state"]["children"]
+    assert len(children) == 2 and all(c.removeprefix("IPY_MODEL_") in state for c in children)
+
+
+def test_stabilise_widget_ids_renames_consistently(executor):
+    a, b = "a" * 32, "b" * 32
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["widgets"] = {
+        executor.WIDGET_STATE_MIME: {
+            "state": {a: {"state": {"children": [f"IPY_MODEL_{b}"]}}, b: {"state": {}}},
+            "version_major": 2,
+            "version_minor": 0,
+        }
+    }
+    cell = nbformat.v4.new_code_cell("x")
+    cell.outputs = [
+        nbformat.v4.new_output(
+            "display_data", data={executor.WIDGET_VIEW_MIME: {"model_id": a}, "text/plain": "v"}
+        )
+    ]
+    nb.cells = [cell]
+    executor.stabilise_widget_ids(nb, "01_x.ipynb")
+    state = nb.metadata.widgets[executor.WIDGET_STATE_MIME]["state"]
+    assert a not in state and b not in state and len(state) == 2
+    top = nb.cells[0].outputs[0]["data"][executor.WIDGET_VIEW_MIME]["model_id"]
+    (child,) = state[top]["state"]["children"]
+    assert child.removeprefix("IPY_MODEL_") in state and child != f"IPY_MODEL_{top}"

@@ -6,6 +6,7 @@ outputs), the FasterRCNN argument table, RoI drawing and the detection explorer.
 
 from __future__ import annotations
 
+import copy
 import inspect
 import re
 
@@ -30,23 +31,49 @@ def calibrate_batchnorm(model: nn.Module, images: list[Tensor], targets: list[di
 
     A random trunk in eval mode (running mean 0, variance 1) lets activations explode or
     collapse; with measured statistics its features vary across the image like a trained one's.
+    The pass runs on a float64 copy of the model, so the statistics are the same on every CPU
+    (float32 sums round differently with AVX-512, AVX2 and generic kernels, and the chapters'
+    printed numbers must hold on any machine); they are then stored in the model's own dtype.
     """
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    work = _float64_copy(model)
+    norms = [m for m in work.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     for norm in norms:
         norm.reset_running_stats()
         norm.momentum = None  # cumulative average: after one pass, exactly that pass's statistics
     with torch.no_grad():
-        model.train()(images, targets)
-    for norm in norms:
-        norm.momentum = 0.1
+        work.train()(_as_float64(images), _as_float64(targets))
+    _copy_buffers(work, model)
     model.eval()
+
+
+def _float64_copy(model: nn.Module) -> nn.Module:
+    """A float64 deep copy of ``model`` (the original is left untouched)."""
+    return copy.deepcopy(model).double()
+
+
+def _as_float64(items):
+    """Images (tensors) or targets (dicts) with every floating tensor in float64."""
+    if isinstance(items, dict):
+        return {k: v.double() if v.is_floating_point() else v for k, v in items.items()}
+    if isinstance(items, Tensor):
+        return items.double() if items.is_floating_point() else items
+    return [_as_float64(item) for item in items]
+
+
+def _copy_buffers(source: nn.Module, target: nn.Module) -> None:
+    """Copy every buffer of ``source`` into ``target``, cast to the target buffer's dtype."""
+    with torch.no_grad():
+        for (_, src), (_, dst) in zip(source.named_buffers(), target.named_buffers()):
+            dst.copy_(src)
 
 
 def spread_head_weights(model: nn.Module, images: list[Tensor], seed: int = 0) -> None:
     """Random final layers whose outputs have the standard deviations of HEAD_OUTPUT_STD.
 
-    One evaluation pass measures the RMS of each final layer's input; the new weights are
-    scaled by it, so scores are well spread whatever the backbone's feature magnitude.
+    One evaluation pass (in float64, like ``calibrate_batchnorm``, so every CPU measures the
+    same) measures the RMS of each final layer's input; the new weights are drawn in float64,
+    scaled by it and stored in the layer's dtype, so scores are well spread whatever the
+    backbone's feature magnitude.
     """
     rms: dict[str, Tensor] = {}
 
@@ -56,18 +83,23 @@ def spread_head_weights(model: nn.Module, images: list[Tensor], seed: int = 0) -
 
         return hook
 
-    hooks = [model.get_submodule(n).register_forward_hook(record(n)) for n in HEAD_OUTPUT_STD]
+    work = _float64_copy(model)
+    hooks = [work.get_submodule(n).register_forward_hook(record(n)) for n in HEAD_OUTPUT_STD]
     with torch.no_grad():
-        model.eval()(images)
+        work.eval()(_as_float64(images))
     for hook in hooks:
         hook.remove()
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, std in HEAD_OUTPUT_STD.items():
             layer = model.get_submodule(name)
+            # float64 draws: float32 normal sampling has a vectorised path on some CPUs only
+            shape = layer.weight.shape
             scale = std / (rms[name] * layer.weight[0].numel() ** 0.5)
-            layer.weight.copy_(torch.randn(layer.weight.shape, generator=g) * scale)
-            layer.bias.copy_(0.5 * std * torch.randn(layer.bias.shape, generator=g))
+            layer.weight.copy_(torch.randn(shape, generator=g, dtype=torch.float64) * scale)
+            bias = 0.5 * std * torch.randn(layer.bias.shape, generator=g, dtype=torch.float64)
+            layer.bias.copy_(bias)
+    model.eval()
 
 
 def argument_table(cls: type) -> str:
