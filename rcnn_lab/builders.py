@@ -4,11 +4,17 @@ Li et al. 2021 "Benchmarking Detection Transfer Learning with Vision Transformer
 Each builder takes torchvision's keyword arguments and weight enums (or their names, e.g.
 "COCO_V1" or "FasterRCNN_ResNet50_FPN_Weights.COCO_V1") and downloads weights through
 torchvision's own machinery, so a checkpoint already in the torch hub cache loads offline.
+torchvision's pre-0.13 calls work too, with its deprecation warnings: ``pretrained=True``,
+``pretrained_backbone=False`` and positional arguments. A keyword that neither the builder nor
+:class:`FasterRCNN` knows raises TypeError (torchvision ignores it silently).
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -35,10 +41,11 @@ from rcnn_lab.backbone import (
     _resnet_fpn_extractor,
     _validate_trainable_layers,
 )
-from rcnn_lab.faster_rcnn import FasterRCNN, _default_anchor_generator
+from rcnn_lab.faster_rcnn import FasterRCNN, _default_anchor_generator, faster_rcnn_keywords
 from rcnn_lab.frozen_batchnorm import FrozenBatchNorm2d
 from rcnn_lab.roi_heads import FastRCNNConvFCHead
 from rcnn_lab.rpn import RPNHead
+from rcnn_lab.transform import reject_unknown_keywords
 
 #: COCO's 80 classes in the 91-slot numbering of the original annotations, plus background.
 COCO_NUM_CLASSES = 91
@@ -48,6 +55,91 @@ RESNET_STAGES, MOBILENET_STAGES = 5, 6
 DEFAULT_TRAINABLE_STAGES = 3
 #: MobileNet FPN, all five anchor sizes at every one of its 3 levels.
 MOBILENET_ANCHOR_SIZES = ((32, 64, 128, 256, 512),) * 3
+
+
+def _positional_to_keywords(builder: Callable[..., Any], args: tuple, kwargs: dict) -> None:
+    """Name a legacy call's positional arguments after the builder's parameters, in order."""
+    order = [name for name in inspect.signature(builder).parameters if name != "kwargs"]
+    if len(args) > len(order):
+        raise TypeError(
+            f"{builder.__name__}() takes at most {len(order)} positional arguments, got {len(args)}"
+        )
+    named = order[: len(args)]
+    clashes = [name for name in named if name in kwargs]
+    if clashes:
+        raise TypeError(f"{builder.__name__}() got multiple values for argument {clashes[0]!r}")
+    quoted = [f"'{name}'" for name in named]  # listed as torchvision lists them
+    listed = (
+        " and ".join(quoted) if len(quoted) <= 2 else f"{', '.join(quoted[:-1])}, and {quoted[-1]}"
+    )
+    warnings.warn(
+        f"Using {listed} as positional parameter(s) is deprecated since 0.13 and may be "
+        "removed in the future. Please use keyword parameter(s) instead.",
+        stacklevel=3,  # point at the caller of the builder
+    )
+    kwargs.update(zip(named, args, strict=True))
+
+
+def _translate_legacy(kwargs: dict[str, Any], new: str, old: str, default: WeightsEnum) -> None:
+    """Replace ``old=flag`` (or a flag passed as ``new=``) by ``new=default`` if the flag is
+    true, else ``new=None``, with torchvision's deprecation warnings."""
+    value = kwargs.get(new)
+    # since 0.13 weights= takes None, an enum or its name; "legacy" and booleans are flags
+    modern = value is None or (isinstance(value, (WeightsEnum, str)) and value != "legacy")
+    if old not in kwargs and modern:
+        return
+    if old in kwargs and new in kwargs:
+        raise TypeError(f"got both '{new}' and its deprecated spelling '{old}': pass only '{new}'")
+    if old in kwargs:
+        warnings.warn(
+            f"The parameter '{old}' is deprecated since 0.13 and may be removed in the future, "
+            f"please use '{new}' instead.",
+            stacklevel=3,
+        )
+    flag = kwargs.pop(old) if old in kwargs else kwargs.pop(new)
+    weights = default if flag else None
+    message = (
+        f"Arguments other than a weight enum or `None` for '{new}' are deprecated since 0.13 "
+        "and may be removed in the future. "
+        f"The current behavior is equivalent to passing `{new}={weights}`."
+    )
+    if flag:
+        message += (
+            f" You can also use `{new}={type(weights).__name__}.DEFAULT` "
+            "to get the most up-to-date weights."
+        )
+    warnings.warn(message, stacklevel=3)
+    kwargs[new] = weights
+
+
+def _legacy_interface(
+    pretrained: WeightsEnum, pretrained_backbone: WeightsEnum
+) -> Callable[[Callable[..., FasterRCNN]], Callable[..., FasterRCNN]]:
+    """Let a builder take torchvision's pre-0.13 arguments, with torchvision's warnings.
+
+    ``pretrained=True`` becomes ``weights=pretrained``, ``pretrained_backbone=True``
+    ``weights_backbone=pretrained_backbone``, False becomes None (a boolean passed as
+    ``weights=`` is read the same way), and positional arguments are named in signature order.
+    A keyword that neither the builder nor FasterRCNN takes then raises TypeError, before any
+    trunk is built or downloaded.
+    """
+
+    def decorate(builder: Callable[..., FasterRCNN]) -> Callable[..., FasterRCNN]:
+        @functools.wraps(builder)
+        def build(*args: Any, **kwargs: Any) -> FasterRCNN:
+            if args:
+                _positional_to_keywords(builder, args, kwargs)
+            _translate_legacy(kwargs, "weights", "pretrained", pretrained)
+            _translate_legacy(
+                kwargs, "weights_backbone", "pretrained_backbone", pretrained_backbone
+            )
+            own = [name for name in inspect.signature(builder).parameters if name != "kwargs"]
+            reject_unknown_keywords(builder.__name__, kwargs, [*own, *faster_rcnn_keywords()])
+            return builder(**kwargs)
+
+        return build
+
+    return decorate
 
 
 @contextmanager
@@ -105,6 +197,7 @@ def _resolve_weights(
     return weights, None, expected
 
 
+@_legacy_interface(FasterRCNN_ResNet50_FPN_Weights.COCO_V1, ResNet50_Weights.IMAGENET1K_V1)
 def fasterrcnn_resnet50_fpn(
     *,
     weights: FasterRCNN_ResNet50_FPN_Weights | str | None = None,
@@ -145,6 +238,7 @@ def fasterrcnn_resnet50_fpn(
     return model
 
 
+@_legacy_interface(FasterRCNN_ResNet50_FPN_V2_Weights.COCO_V1, ResNet50_Weights.IMAGENET1K_V1)
 def fasterrcnn_resnet50_fpn_v2(
     *,
     weights: FasterRCNN_ResNet50_FPN_V2_Weights | str | None = None,
@@ -213,6 +307,9 @@ def _fasterrcnn_mobilenet_v3_large_fpn(
     return model
 
 
+@_legacy_interface(
+    FasterRCNN_MobileNet_V3_Large_FPN_Weights.COCO_V1, MobileNet_V3_Large_Weights.IMAGENET1K_V1
+)
 def fasterrcnn_mobilenet_v3_large_fpn(
     *,
     weights: FasterRCNN_MobileNet_V3_Large_FPN_Weights | str | None = None,
@@ -242,6 +339,10 @@ def fasterrcnn_mobilenet_v3_large_fpn(
     )
 
 
+@_legacy_interface(
+    FasterRCNN_MobileNet_V3_Large_320_FPN_Weights.COCO_V1,
+    MobileNet_V3_Large_Weights.IMAGENET1K_V1,
+)
 def fasterrcnn_mobilenet_v3_large_320_fpn(
     *,
     weights: FasterRCNN_MobileNet_V3_Large_320_FPN_Weights | str | None = None,

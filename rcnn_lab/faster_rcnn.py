@@ -9,6 +9,7 @@ Shapes: N images, G ground-truth boxes of an image, M detections of an image, C 
 
 from __future__ import annotations
 
+import inspect
 from collections import OrderedDict
 from typing import Any
 
@@ -19,7 +20,7 @@ from rcnn_lab.anchors import AnchorGenerator
 from rcnn_lab.ops.poolers import MultiScaleRoIAlign
 from rcnn_lab.roi_heads import FastRCNNPredictor, RoIHeads, TwoMLPHead
 from rcnn_lab.rpn import RegionProposalNetwork, RPNHead
-from rcnn_lab.transform import GeneralizedRCNNTransform
+from rcnn_lab.transform import EXTRA_KEYWORDS, GeneralizedRCNNTransform, reject_unknown_keywords
 
 #: ImageNet statistics of the classification trunks, used to normalise input images.
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -28,6 +29,8 @@ FPN_ANCHOR_SIZES = ((32,), (64,), (128,), (256,), (512,))
 ASPECT_RATIOS = (0.5, 1.0, 2.0)
 #: Width of the TwoMLPHead representation (FPN, Sec. 4.2, "two 1024-d fc layers").
 REPRESENTATION_SIZE = 1024
+#: The keyword arguments FasterRCNN forwards to GeneralizedRCNNTransform through **kwargs.
+TRANSFORM_KEYWORDS = ("size_divisible", "fixed_size", *EXTRA_KEYWORDS)
 
 
 class GeneralizedRCNN(nn.Module):
@@ -199,7 +202,9 @@ class FasterRCNN(GeneralizedRCNN):
         box_batch_size_per_image: RoIs sampled per image for the Fast R-CNN losses.
         box_positive_fraction: largest share of foreground among those RoIs.
         bbox_reg_weights: (wx, wy, ww, wh) scaling the RoI box deltas (None: (10, 10, 5, 5)).
-        **kwargs: passed to GeneralizedRCNNTransform (e.g. size_divisible, fixed_size).
+        **kwargs: passed to GeneralizedRCNNTransform: size_divisible, fixed_size, _skip_resize.
+            Any other keyword raises TypeError (torchvision ignores it silently, so a misspelt
+            ``rpn_nms_tresh=`` would leave the default in place unnoticed).
     """
 
     def __init__(
@@ -235,6 +240,7 @@ class FasterRCNN(GeneralizedRCNN):
         bbox_reg_weights: tuple[float, float, float, float] | None = None,
         **kwargs: Any,
     ) -> None:
+        reject_unknown_keywords(type(self).__name__, kwargs, faster_rcnn_keywords())
         _check_parts(backbone, num_classes, rpn_anchor_generator, box_roi_pool, box_predictor)
         out_channels = backbone.out_channels
         anchor_generator = rpn_anchor_generator or _default_anchor_generator()
@@ -276,6 +282,16 @@ class FasterRCNN(GeneralizedRCNN):
         std = list(IMAGENET_STD) if image_std is None else image_std
         transform = GeneralizedRCNNTransform(min_size, max_size, mean, std, **kwargs)
         super().__init__(backbone, rpn, roi_heads, transform)
+
+
+def faster_rcnn_keywords() -> tuple[str, ...]:
+    """Every keyword argument FasterRCNN accepts: its named parameters, then the transform's."""
+    named = [
+        param.name
+        for param in inspect.signature(FasterRCNN.__init__).parameters.values()
+        if param.name != "self" and param.kind != param.VAR_KEYWORD
+    ]
+    return (*named, *TRANSFORM_KEYWORDS)
 
 
 def _check_parts(

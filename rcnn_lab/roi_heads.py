@@ -142,6 +142,13 @@ def fastrcnn_loss(
     target deltas, summed over foreground RoIs and divided by K (not by the foreground count, so
     an image with few objects does not get its few box errors blown up).
 
+    Deliberate difference from torchvision: with no sampled RoI at all (K = 0: the RPN kept no
+    proposal and no image has a ground-truth box) torchvision's two losses are NaN, a mean over
+    nothing, so the summed training loss is NaN too and a loop that stops on a non-finite loss
+    (torchvision's reference script does) stops. Here both losses are then 0, computed from
+    the (empty) head outputs so that ``backward()`` still works and gives every head parameter
+    a zero gradient.
+
     Args:
         class_logits: [K, C].
         box_regression: [K, C*4] deltas for every class.
@@ -151,12 +158,15 @@ def fastrcnn_loss(
     Returns:
         (loss_classifier, loss_box_reg), two scalars.
     """
+    num_rois = class_logits.shape[0]
+    if num_rois == 0:  # a shape, known on the host: no sync
+        # sums over empty tensors: 0, yet attached to the graph of the heads
+        return class_logits.sum(), box_regression.sum()
     labels_all = torch.cat(labels, dim=0)  # [K]
     targets_all = torch.cat(regression_targets, dim=0)  # [K, 4]
     loss_classifier = F.cross_entropy(class_logits, labels_all)
 
-    num_rois = class_logits.shape[0]
-    deltas = box_regression.reshape(num_rois, -1, 4)  # [K, C, 4]
+    deltas = box_regression.reshape(num_rois, box_regression.shape[-1] // 4, 4)  # [K, C, 4]
     foreground = torch.where(labels_all > BACKGROUND)[0]
     box_loss = F.smooth_l1_loss(
         deltas[foreground, labels_all[foreground]],  # [F, 4]: only the true class's deltas
@@ -367,7 +377,11 @@ class RoIHeads(nn.Module):
             proposals: per image [K_i, 4] (x1, y1, x2, y2) in resized-image pixels.
             image_shapes: per image (height, width) after resizing, before padding.
             targets: per image {"boxes": [G, 4] float, "labels": [G] int64}; training only.
+
+        A training batch without any sampled RoI gives two zero losses where torchvision's are
+        NaN (see :func:`fastrcnn_loss`).
         """
+        _check_batch(features, proposals, image_shapes, targets)
         if self.training:
             self.check_targets(targets)
         _check_target_dtypes(targets)
@@ -392,6 +406,29 @@ class RoIHeads(nn.Module):
             for b, s, c in zip(boxes, scores, labels, strict=True)
         ]
         return detections, {}
+
+
+def _check_batch(
+    features: dict[str, Tensor],
+    proposals: list[Tensor],
+    image_shapes: list[tuple[int, int]],
+    targets: list[dict[str, Tensor]] | None,
+) -> None:
+    """ValueError unless proposals, image_shapes (and targets) hold one entry per image of the
+    features' batch: a short list would otherwise drop images or pool the wrong ones."""
+    lengths = {"proposals": len(proposals), "image_shapes": len(image_shapes)}
+    if targets is not None:
+        lengths["targets"] = len(targets)
+    first = next(iter(features.values()), None) if isinstance(features, dict) else None
+    if isinstance(first, Tensor) and first.dim() == 4:
+        batch = int(first.shape[0])
+        expected = f"the features' batch of N = {batch} images"
+    else:  # no batch to compare with: the lists must at least agree with each other
+        batch = lengths["proposals"]
+        expected = "a batch of images"
+    if any(length != batch for length in lengths.values()):
+        listed = ", ".join(f"len({name}) = {length}" for name, length in lengths.items())
+        raise ValueError(f"RoIHeads: expected one entry per image of {expected}, got {listed}")
 
 
 def _check_target_dtypes(targets: list[dict[str, Tensor]] | None) -> None:

@@ -358,6 +358,7 @@ class RegionProposalNetwork(nn.Module):
             boxes: N tensors [<= post_nms_top_n, 4]; losses: ``{"loss_objectness",
             "loss_rpn_box_reg"}`` in training mode, ``{}`` otherwise.
         """
+        _check_batch(images, features)
         feature_maps = list(features.values())
         objectness, pred_bbox_deltas = self.head(feature_maps)
         anchors = self.anchor_generator(images, feature_maps)  # N tensors [R, 4]
@@ -380,6 +381,23 @@ class RegionProposalNetwork(nn.Module):
             )
             losses = {"loss_objectness": loss_objectness, "loss_rpn_box_reg": loss_rpn_box_reg}
         return boxes, losses
+
+
+def _check_batch(images: ImageList, features: dict[str, Tensor]) -> None:
+    """ValueError unless images.image_sizes, images.tensors and every feature map count the
+    same images (the anchors follow image_sizes, the predictions the feature maps)."""
+    num_sizes, num_images = len(images.image_sizes), int(images.tensors.shape[0])
+    if num_sizes != num_images:
+        raise ValueError(
+            f"images.image_sizes lists {num_sizes} sizes but images.tensors holds a batch of "
+            f"{num_images} images: expected one (height, width) per image"
+        )
+    for name, feature in features.items():
+        if isinstance(feature, Tensor) and feature.dim() == 4 and feature.shape[0] != num_images:
+            raise ValueError(
+                f"features[{name!r}] holds a batch of {int(feature.shape[0])} images but "
+                f"images.tensors holds {num_images}: expected the same batch"
+            )
 
 
 def _check_targets(targets: list[dict[str, Tensor]] | None, num_images: int) -> None:

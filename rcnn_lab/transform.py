@@ -14,6 +14,8 @@ Shapes: N images, C = 3 colour channels, H x W an image's size, G ground-truth b
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
@@ -21,6 +23,21 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rcnn_lab.image_list import ImageList
+
+#: The keyword arguments GeneralizedRCNNTransform reads from ``**kwargs`` (torchvision's).
+EXTRA_KEYWORDS = ("_skip_resize",)
+
+
+def reject_unknown_keywords(owner: str, kwargs: Mapping[str, Any], known: Iterable[str]) -> None:
+    """TypeError naming the first keyword of ``kwargs`` not in ``known``, as Python words it for
+    a function without ``**kwargs``, plus the closest known name when one is close."""
+    known = list(known)
+    unknown = [name for name in kwargs if name not in known]
+    if not unknown:
+        return
+    message = f"{owner}() got an unexpected keyword argument {unknown[0]!r}"
+    close = difflib.get_close_matches(unknown[0], known, n=1)
+    raise TypeError(message + (f"; did you mean {close[0]!r}?" if close else ""))
 
 
 class ImageDtypeError(ValueError, TypeError):
@@ -72,7 +89,8 @@ class GeneralizedRCNNTransform(nn.Module):
         image_mean, image_std: per-channel normalisation, ``(image - mean) / std``.
         size_divisible: the padded batch's H and W are multiples of this.
         fixed_size: optional (width, height) to resize every image to, ignoring the rules above.
-        _skip_resize (keyword): in training, keep images at their own size.
+        _skip_resize (keyword): in training, keep images at their own size. Any other extra
+            keyword raises TypeError (torchvision ignores it silently).
     """
 
     def __init__(
@@ -92,9 +110,11 @@ class GeneralizedRCNNTransform(nn.Module):
         self.image_std = image_std
         self.size_divisible = size_divisible
         self.fixed_size = fixed_size
-        # Other keyword arguments are accepted and ignored, as torchvision does: FasterRCNN
-        # forwards all of its extra keyword arguments here.
-        self._skip_resize = kwargs.pop("_skip_resize", False)
+        # torchvision reads only _skip_resize from **kwargs and silently drops any other keyword;
+        # here a misspelt keyword (FasterRCNN forwards its extra ones) is an error instead
+        named = ("min_size", "max_size", "image_mean", "image_std", "size_divisible", "fixed_size")
+        reject_unknown_keywords(type(self).__name__, kwargs, (*named, *EXTRA_KEYWORDS))
+        self._skip_resize = kwargs.get("_skip_resize", False)
 
     def forward(
         self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None
@@ -229,8 +249,10 @@ class GeneralizedRCNNTransform(nn.Module):
         height = -(-height // size_divisible) * size_divisible  # ceil to a multiple
         width = -(-width // size_divisible) * size_divisible
         batch = images[0].new_zeros((len(images), channels, height, width))
-        for slot, img in zip(batch, images):
-            slot[: img.shape[0], : img.shape[1], : img.shape[2]].copy_(img)
+        for index, img in enumerate(images):
+            # index the batch directly, not through `for slot in batch`: iterating unbinds it
+            # into views that autograd forbids writing to when an image requires grad
+            batch[index, : img.shape[0], : img.shape[1], : img.shape[2]].copy_(img)
         return batch
 
     def postprocess(

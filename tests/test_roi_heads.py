@@ -451,3 +451,65 @@ def test_loss_gradient_reaches_every_head_parameter():
     sum(losses.values()).backward()
     for name, param in ours.named_parameters():
         assert param.grad is not None and param.grad.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_batch_size_mismatches_are_named(training):
+    """One proposal list and one image size per image of the features' batch; a short list used
+    to fail inside zip(), or worse, to train silently on the images it still covered."""
+    ours, _ = make_heads()
+    ours.train(training)
+    proposals, targets, sizes = make_batch()
+    targets = targets if training else None
+    cases = [
+        (
+            features_of(),
+            proposals[:2],
+            sizes,
+            r"N = 3 .*len\(proposals\) = 2, len\(image_shapes\) = 3",
+        ),
+        (features_of(), proposals, sizes[:2], r"N = 3 .*len\(image_shapes\) = 2"),
+        (features_of(num_images=2), proposals, sizes, r"N = 2 .*len\(proposals\) = 3"),
+    ]
+    for features, boxes, shapes, message in cases:
+        with pytest.raises(ValueError, match=message):
+            ours(features, boxes, shapes, targets)
+    if training:
+        with pytest.raises(ValueError, match=r"len\(targets\) = 2"):
+            ours(features_of(), proposals, sizes, targets[:2])
+
+
+def test_fastrcnn_loss_without_rois_is_zero_and_backpropagates():
+    """K = 0 sampled RoIs: torchvision's losses are NaN (a mean over nothing); ours are 0 and
+    attached to the graph (a documented difference)."""
+    weight = torch.randn(REPRESENTATION, NUM_CLASSES * 5, dtype=torch.float64, requires_grad=True)
+    outputs = torch.zeros(0, REPRESENTATION, dtype=torch.float64) @ weight  # [0, C*5]
+    logits, deltas = outputs.split([NUM_CLASSES, NUM_CLASSES * 4], dim=1)
+    labels = [torch.zeros(0, dtype=torch.int64)] * 2
+    targets = [torch.zeros(0, 4, dtype=torch.float64)] * 2
+    theirs = tv_roi_heads.fastrcnn_loss(logits, deltas, labels, targets)
+    assert all(torch.isnan(loss) for loss in theirs)
+    loss_classifier, loss_box_reg = fastrcnn_loss(logits, deltas, labels, targets)
+    assert loss_classifier == 0 and loss_box_reg == 0
+    assert loss_classifier.dtype == loss_box_reg.dtype == torch.float64
+    (loss_classifier + loss_box_reg).backward()
+    assert weight.grad is not None and not weight.grad.any()
+
+
+def test_training_without_proposals_or_objects_gives_zero_losses():
+    ours, _ = make_heads()
+    features = features_of(requires_grad=True)
+    proposals = [torch.zeros(0, 4, dtype=torch.float64)] * 3
+    targets = [
+        {
+            "boxes": torch.zeros(0, 4, dtype=torch.float64),
+            "labels": torch.zeros(0, dtype=torch.int64),
+        }
+    ] * 3
+    losses = run_training(ours, features, proposals, targets, IMAGE_SIZES)
+    assert set(losses) == {"loss_classifier", "loss_box_reg"}
+    assert all(loss == 0 for loss in losses.values())
+    sum(losses.values()).backward()
+    for name, param in ours.named_parameters():
+        assert param.grad is not None and not param.grad.any(), name
+    assert all(feature.grad is not None for feature in features.values())

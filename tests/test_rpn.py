@@ -272,3 +272,19 @@ def test_parity_realistic_fpn_size_float32():
         their_out, our_out = run_both(theirs, ours, images, image_sizes, features, targets, train)
         assert_same(their_out, our_out)
         assert all(len(b) == (2000 if train else 1000) for b in our_out[0])
+
+
+def test_batch_size_mismatches_are_named():
+    """The anchors follow images.image_sizes, the predictions the feature maps: a mismatch used
+    to fail deep inside the box coder with an error about rel_codes."""
+    _, ours = make_pair()
+    sizes = [(96, 128), (80, 100)]
+    images, features, _ = make_batch(sizes, 2, torch.float64, num_boxes=(1, 0))
+    ours.eval()
+    with pytest.raises(ValueError, match=r"image_sizes lists 3 sizes .* batch of 2 images"):
+        ours(ImageList(images, [*sizes, (50, 60)]), features)
+    with pytest.raises(ValueError, match=r"image_sizes lists 1 sizes .* batch of 2 images"):
+        ours(ImageList(images, sizes[:1]), features)
+    short = {**features, "1": features["1"][:1]}
+    with pytest.raises(ValueError, match=r"features\['1'\] holds a batch of 1 .* holds 2"):
+        ours(ImageList(images, sizes), short)

@@ -231,3 +231,43 @@ def test_bad_inputs_raise_clear_errors():
         ours([torch.rand(3, 8, 8)], [{"boxes": torch.zeros(4)}])
     with pytest.raises(ValueError, match=r'targets\[0\]\["boxes"\]'):
         ours([torch.rand(3, 8, 8)], [{"labels": torch.zeros(1)}])
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_input_gradients_equal_torchvision(training):
+    """Images that require grad go through (the padding used to write into unbound views) and
+    get torchvision's gradients, padding and multi-scale resizing included."""
+    ours, theirs = _pair(min_size=(64, 80, 96), max_size=120)
+    ours.train(training), theirs.train(training)
+    weight = torch.randn(
+        3, 128, 128, generator=torch.Generator().manual_seed(1), dtype=torch.float64
+    )
+    grads, outputs = [], []
+    for transform in (ours, theirs):
+        images, _ = _inputs(torch.float64)
+        images = [img.requires_grad_() for img in images]
+        torch.manual_seed(4)  # the same min_size draws in training
+        batch, _ = transform(images)
+        h, w = batch.tensors.shape[-2:]
+        (batch.tensors * weight[:, :h, :w]).sum().backward()  # weights every output pixel
+        outputs.append(batch.tensors.detach())
+        grads.append([img.grad for img in images])
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=0, atol=0)
+    for mine, reference in zip(*grads, strict=True):
+        assert mine is not None and mine.abs().sum() > 0
+        torch.testing.assert_close(mine, reference, rtol=1e-12, atol=1e-12)
+
+
+def test_unknown_keyword_raises_and_torchvisions_extras_are_accepted():
+    with pytest.raises(TypeError, match=r"unexpected keyword argument 'fixd_size'.*'fixed_size'"):
+        GeneralizedRCNNTransform(80, 120, MEAN, STD, fixd_size=(64, 48))
+    with pytest.raises(TypeError, match="'rpn_nms_thresh'"):  # torchvision swallows it silently
+        GeneralizedRCNNTransform(80, 120, MEAN, STD, rpn_nms_thresh=0.1)
+    ours = GeneralizedRCNNTransform(
+        80, 120, MEAN, STD, size_divisible=16, fixed_size=(64, 48), _skip_resize=True
+    )
+    theirs = TvTransform(
+        80, 120, MEAN, STD, size_divisible=16, fixed_size=(64, 48), _skip_resize=True
+    )
+    for name in ("size_divisible", "fixed_size", "_skip_resize"):
+        assert getattr(ours, name) == getattr(theirs, name), name
