@@ -37,14 +37,17 @@ from torchvision.models.detection import (
 
 from rcnn_lab.anchors import AnchorGenerator
 from rcnn_lab.backbone import (
+    BackboneWithFPN,
     _mobilenet_extractor,
     _resnet_fpn_extractor,
     _validate_trainable_layers,
 )
 from rcnn_lab.faster_rcnn import FasterRCNN, _default_anchor_generator, faster_rcnn_keywords
 from rcnn_lab.frozen_batchnorm import FrozenBatchNorm2d
-from rcnn_lab.roi_heads import FastRCNNConvFCHead
+from rcnn_lab.ops.poolers import MultiScaleRoIAlign
+from rcnn_lab.roi_heads import FastRCNNConvFCHead, FastRCNNPredictor, TwoMLPHead
 from rcnn_lab.rpn import RPNHead
+from rcnn_lab.small_trunk import SMALL_TRUNK_WIDTHS, SmallTrunk
 from rcnn_lab.transform import reject_unknown_keywords
 
 #: COCO's 80 classes in the 91-slot numbering of the original annotations, plus background.
@@ -55,6 +58,30 @@ RESNET_STAGES, MOBILENET_STAGES = 5, 6
 DEFAULT_TRAINABLE_STAGES = 3
 #: MobileNet FPN, all five anchor sizes at every one of its 3 levels.
 MOBILENET_ANCHOR_SIZES = ((32, 64, 128, 256, 512),) * 3
+
+# --- the small CPU detector (fasterrcnn_small_fpn) ---
+#: ShapesDataset's six shape classes plus the background.
+SMALL_NUM_CLASSES = 7
+#: Channels of every pyramid level and width of the box head (256 and 1024 in ResNet-50-FPN).
+SMALL_FPN_CHANNELS, SMALL_REPRESENTATION_SIZE = 64, 256
+#: One anchor size per level (strides 4..64), for objects of 13..96 px in 160 px scenes.
+SMALL_ANCHOR_SIZES = ((16,), (32,), (64,), (128,), (256,))
+#: RoIAlign grid (7 x 7, as in the big models).
+ROI_OUTPUT_SIZE = 7
+#: A 64 px RoI maps to level 4 (224 px in the big models, where objects are larger).
+SMALL_CANONICAL_SCALE = 64
+#: FasterRCNN defaults of the small model (160 px images, fewer proposals and sampled RoIs).
+SMALL_DEFAULTS: dict[str, Any] = {
+    "min_size": 160,
+    "max_size": 160,
+    "rpn_pre_nms_top_n_train": 600,
+    "rpn_post_nms_top_n_train": 300,
+    "rpn_pre_nms_top_n_test": 300,
+    "rpn_post_nms_top_n_test": 150,
+    "rpn_batch_size_per_image": 128,
+    "box_batch_size_per_image": 128,
+    "box_detections_per_img": 50,
+}
 
 
 def _positional_to_keywords(builder: Callable[..., Any], args: tuple, kwargs: dict) -> None:
@@ -380,4 +407,48 @@ def fasterrcnn_mobilenet_v3_large_320_fpn(
         weights_backbone,
         trainable_backbone_layers,
         **{**low_resolution, **kwargs},
+    )
+
+
+def fasterrcnn_small_fpn(
+    *,
+    num_classes: int = SMALL_NUM_CLASSES,
+    widths: tuple[int, ...] = SMALL_TRUNK_WIDTHS,
+    fpn_channels: int = SMALL_FPN_CHANNELS,
+    representation_size: int = SMALL_REPRESENTATION_SIZE,
+    **kwargs: Any,
+) -> FasterRCNN:
+    """A small Faster R-CNN that trains from scratch on a CPU (rcnn_lab's own, not torchvision's).
+
+    The same parts as the big builders, only narrower: a :class:`~rcnn_lab.small_trunk.SmallTrunk`
+    with trainable BatchNorm (no pretrained weights exist offline, and FrozenBatchNorm from
+    scratch normalises nothing), a ``fpn_channels``-wide FPN on its four stages (strides 4-32)
+    plus the max-pool level, one anchor size per level, RoIAlign with a level mapper scaled to
+    small objects, and a two-layer box head ``representation_size`` wide. Sized for the 160 px
+    scenes of :class:`~rcnn_lab.data.ShapesDataset`; the shipped model was trained with it.
+
+    Args:
+        num_classes: classes including the background (ShapesDataset's by default).
+        widths: channels of the trunk's stem and four stages.
+        fpn_channels: channels D of every pyramid level.
+        representation_size: width of the box head's two fully connected layers.
+        **kwargs: passed to :class:`FasterRCNN`; they override the small defaults
+            (``SMALL_DEFAULTS``: 160 px images, fewer proposals and sampled RoIs).
+    """
+    trunk = SmallTrunk(widths)
+    return_layers = {f"layer{i}": str(i - 1) for i in range(1, 5)}
+    backbone = BackboneWithFPN(trunk, return_layers, trunk.stage_channels, fpn_channels)
+    ratios = (0.5, 1.0, 2.0)
+    anchor_generator = AnchorGenerator(SMALL_ANCHOR_SIZES, (ratios,) * len(SMALL_ANCHOR_SIZES))
+    pooler = MultiScaleRoIAlign(
+        ["0", "1", "2", "3"], ROI_OUTPUT_SIZE, 2, canonical_scale=SMALL_CANONICAL_SCALE
+    )
+    box_head = TwoMLPHead(fpn_channels * ROI_OUTPUT_SIZE**2, representation_size)
+    return FasterRCNN(
+        backbone,
+        rpn_anchor_generator=anchor_generator,
+        box_roi_pool=pooler,
+        box_head=box_head,
+        box_predictor=FastRCNNPredictor(representation_size, num_classes),
+        **{**SMALL_DEFAULTS, **kwargs},
     )
