@@ -39,6 +39,7 @@ from rcnn_lab.builders import (  # noqa: E402
     fasterrcnn_mobilenet_v3_large_fpn,
     fasterrcnn_resnet50_fpn,
     fasterrcnn_resnet50_fpn_v2,
+    fasterrcnn_small_fpn,
 )
 
 __all__ = [
@@ -67,4 +68,5 @@ __all__ = [
     "fasterrcnn_resnet50_fpn_v2",
     "fasterrcnn_mobilenet_v3_large_fpn",
     "fasterrcnn_mobilenet_v3_large_320_fpn",
+    "fasterrcnn_small_fpn",
 ]

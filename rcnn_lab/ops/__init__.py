@@ -11,6 +11,7 @@ from rcnn_lab.ops.boxes import (
 )
 from rcnn_lab.ops.poolers import MultiScaleRoIAlign
 from rcnn_lab.ops.roi_align import RoIAlign, roi_align
+from rcnn_lab.ops.roi_pool import RoIPool, roi_pool
 
 __all__: list[str] = [
     "box_area",
@@ -22,5 +23,7 @@ __all__: list[str] = [
     "batched_nms",
     "roi_align",
     "RoIAlign",
+    "roi_pool",
+    "RoIPool",
     "MultiScaleRoIAlign",
 ]
