@@ -65,6 +65,7 @@ class GeneralizedRCNN(nn.Module):
                 "labels": [G] int64}; required in training.
         """
         check_inputs(images, targets, self.training)
+        self._check_dtype(images)
         original_image_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
 
         images, targets = self.transform(images, targets)
@@ -80,6 +81,17 @@ class GeneralizedRCNN(nn.Module):
             detections, images.image_sizes, original_image_sizes
         )
         return self.eager_outputs({**detector_losses, **proposal_losses}, detections)
+
+    def _check_dtype(self, images: list[Tensor]) -> None:
+        """TypeError when the images' float dtype is not the parameters' (outside autocast)."""
+        param = next((p for p in self.parameters() if p.is_floating_point()), None)
+        if param is None or not len(images) or torch.is_autocast_enabled(param.device.type):
+            return
+        if images[0].is_floating_point() and images[0].dtype != param.dtype:
+            raise TypeError(
+                f"images: dtype {images[0].dtype} does not match the model's parameters "
+                f"({param.dtype}); convert the images (image.to({param.dtype})) or the model"
+            )
 
     def eager_outputs(
         self, losses: dict[str, Tensor], detections: list[dict[str, Tensor]]

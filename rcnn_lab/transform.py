@@ -15,6 +15,7 @@ Shapes: N images, C = 3 colour channels, H x W an image's size, G ground-truth b
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -219,6 +220,12 @@ class GeneralizedRCNNTransform(nn.Module):
             h, w = image.shape[-2:]
             # The shorter side becomes short_side, unless the longer side would pass max_size.
             scale = min(short_side / min(h, w), self.max_size / max(h, w))
+            if min(math.floor(h * scale), math.floor(w * scale)) < 1:
+                raise ValueError(
+                    f"images: an image of size {h} x {w} would be resized to "
+                    f"{math.floor(h * scale)} x {math.floor(w * scale)} pixels (min_size="
+                    f"{short_side}, max_size={self.max_size}); its aspect ratio is too extreme"
+                )
             # The output is floor(H * scale) x floor(W * scale); recomputing the sampling scale
             # from those integer sizes (not the requested float) fixes the bilinear sample points.
             recompute = True

@@ -13,7 +13,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from rcnn_lab.ops.roi_align import convert_boxes_to_roi_format, roi_align
+from rcnn_lab.ops.roi_align import _pair, convert_boxes_to_roi_format, roi_align
 
 #: FPN eq. 1's constants, where a box of CANONICAL_SCALE pixels maps to level CANONICAL_LEVEL.
 CANONICAL_SCALE, CANONICAL_LEVEL = 224, 4
@@ -105,11 +105,9 @@ class MultiScaleRoIAlign(nn.Module):
         canonical_level: int = CANONICAL_LEVEL,
     ) -> None:
         super().__init__()
-        if isinstance(output_size, int):
-            output_size = (output_size, output_size)
         self.featmap_names = featmap_names
         self.sampling_ratio = sampling_ratio
-        self.output_size = tuple(output_size)
+        self.output_size = _pair(output_size)  # TypeError naming output_size if not ints
         self.scales: list[float] | None = None
         self.map_levels: LevelMapper | None = None
         self.canonical_scale = canonical_scale
@@ -150,6 +148,13 @@ class MultiScaleRoIAlign(nn.Module):
         if len(features) == 1:
             return roi_align(
                 features[0], rois, self.output_size, self.scales[0], self.sampling_ratio
+            )
+        # The level mapper sends a NaN box to no level (its log is NaN), so roi_align's own
+        # check would never see it and its features would silently stay zero. One host sync.
+        if rois.shape[0] and not bool(torch.isfinite(rois[:, 1:]).all()):
+            bad = (~torch.isfinite(rois[:, 1:])).any(dim=1).nonzero().squeeze(1)[:5]
+            raise ValueError(
+                f"boxes must have finite coordinates (no NaN or inf), got rows {bad.tolist()}"
             )
         levels = self.map_levels(boxes)  # [K]
         first = features[0]
