@@ -17,7 +17,7 @@ from pathlib import Path
 
 from rcnn_lab import __version__
 
-#: ``--model`` names: ``small`` is rcnn_lab's CPU model, the others torchvision's builders.
+#: ``--model`` names (``small`` is rcnn_lab's CPU model, the others torchvision's builders).
 MODEL_CHOICES = {
     "small": "fasterrcnn_small_fpn",
     "fasterrcnn_resnet50_fpn": "fasterrcnn_resnet50_fpn",

@@ -37,7 +37,7 @@ from torch import nn
 from rcnn_lab import __version__, builders
 
 CHECKPOINT_FORMAT, FORMAT_VERSION = "rcnn_lab.checkpoint", 1
-#: The builders a checkpoint can name (weights=None: nothing is downloaded).
+#: The builders a checkpoint can name (with weights=None, so nothing is downloaded).
 MODEL_BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "fasterrcnn_small_fpn": builders.fasterrcnn_small_fpn,
     "fasterrcnn_resnet50_fpn": builders.fasterrcnn_resnet50_fpn,
