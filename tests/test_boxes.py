@@ -212,6 +212,8 @@ def test_tiny_blocks_match_torchvision(data, threshold, num_classes, block):
     idxs = (torch.arange(len(boxes)) * 7) % num_classes
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(boxes_module, "_NMS_BLOCK", block)
+        patch.setattr(boxes_module, "_ONE_BLOCK_REACH", block)  # no merging into one big block
+        patch.setattr(boxes_module, "_GATHER_BELOW", 0)  # survivors always moved in place
         assert torch.equal(ops.nms(boxes, scores, threshold), tv.nms(boxes, scores, threshold))
         ours = boxes_module._per_class_nms(boxes, scores, idxs, threshold)
         assert torch.equal(ours, _batched_nms_vanilla(boxes, scores, idxs, threshold))
@@ -255,6 +257,7 @@ def test_nms_chunked_pairs_give_the_same_answer(monkeypatch):
     expected = tv.nms(boxes, scores, 0.5)
     monkeypatch.setattr(boxes_module, "_PAIR_BUDGET", 50)  # force many tiny column chunks
     monkeypatch.setattr(boxes_module, "_NMS_BLOCK", 16)
+    monkeypatch.setattr(boxes_module, "_ONE_BLOCK_REACH", 16)
     assert torch.equal(ops.nms(boxes, scores, 0.5), expected)
 
 
@@ -270,6 +273,135 @@ def test_batched_nms_many_classes_matches_torchvision(n, dtype):
         for threshold in (0.3, 0.7):
             expected = tv.batched_nms(boxes, scores, idxs, threshold)
             assert torch.equal(ops.batched_nms(boxes, scores, idxs, threshold), expected)
+
+
+# --------------------------------------------------------------------------- worst cases
+
+
+def _chain(n: int, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """n boxes sliding right by 2 px (side 10): IoU 8/12 with the next, 6/14 with the one after."""
+    x = torch.arange(n, dtype=torch.float64) * 2
+    boxes = torch.stack([x, torch.zeros_like(x), x + 10, torch.full_like(x, 10.0)], 1)
+    return boxes.to(dtype), torch.linspace(1, 0, n, dtype=torch.float64).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_chain_nms_work_is_bounded(monkeypatch, dtype):
+    # every decision depends on the previous one: the fixed point would need a round per box,
+    # and comparing each block's winners with all boxes below would be O(N * K) pairs
+    boxes, scores = _chain(20_000, dtype)
+    expected = tv.nms(boxes, scores, 0.5)
+    assert len(expected) == 10_000  # every other box
+    pairs, rounds = [], []
+    pair_iou, mv = boxes_module._pair_iou, torch.mv
+
+    def counting_pair_iou(a, b):
+        pairs.append(a.shape[1] * b.shape[1])
+        return pair_iou(a, b)
+
+    def counting_mv(*args, **kwargs):
+        rounds.append(1)
+        return mv(*args, **kwargs)
+
+    monkeypatch.setattr(boxes_module, "_pair_iou", counting_pair_iou)
+    monkeypatch.setattr(torch, "mv", counting_mv)
+    assert torch.equal(ops.nms(boxes, scores, 0.5), expected)
+    block, blocks = boxes_module._NMS_BLOCK, -(-len(boxes) // boxes_module._NMS_BLOCK)
+    # each block: its own B x B matrix, then the few boxes near its winners (or one chunk of
+    # pairs at most): O(N * B) pairs. Comparing winners with every box below was 100 Mi pairs.
+    assert sum(pairs) <= 4 * len(boxes) * block
+    # each block: a bounded number of mat-vec rounds (one per box, 20 000 in all, before)
+    assert len(rounds) <= blocks * (boxes_module._FIXED_POINT_ROUNDS + 1)
+
+
+@pytest.mark.parametrize("threshold", [0.0, 0.3, 0.5, 0.7])
+def test_chains_and_grids_match_torchvision(threshold):
+    # long chains (suppression depth up to a whole block), overlapping in 1 or 2 dimensions
+    for boxes, scores in (_chain(1500, torch.float32), _chain(1500, torch.float64)):
+        assert torch.equal(ops.nms(boxes, scores, threshold), tv.nms(boxes, scores, threshold))
+        shuffled = scores[torch.randperm(len(scores), generator=torch.Generator().manual_seed(0))]
+        assert torch.equal(ops.nms(boxes, shuffled, threshold), tv.nms(boxes, shuffled, threshold))
+    xy = torch.cartesian_prod(torch.arange(40.0), torch.arange(40.0)) * 3  # [1600, 2] grid
+    grid = torch.cat([xy, xy + 5], 1)  # squares of side 5 every 3 px: 2-D chains
+    for scores in (torch.linspace(1, 0, len(grid)), torch.rand(len(grid))):
+        assert torch.equal(ops.nms(grid, scores, threshold), tv.nms(grid, scores, threshold))
+
+
+@settings(max_examples=40, deadline=None)
+@given(box_sets(max_n=80), thresholds, st.integers(1, 4), st.integers(0, 2))
+def test_sequential_scan_matches_torchvision(data, threshold, num_classes, rounds):
+    # with 0-2 fixed-point rounds most blocks are finished by the host-side sequential scan
+    from torchvision.ops.boxes import _batched_nms_vanilla
+
+    boxes, scores = data
+    assume(len(boxes) > 0)
+    idxs = torch.arange(len(boxes)) % num_classes
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(boxes_module, "_FIXED_POINT_ROUNDS", rounds)
+        assert torch.equal(ops.nms(boxes, scores, threshold), tv.nms(boxes, scores, threshold))
+        ours = boxes_module._per_class_nms(boxes, scores, idxs, threshold)
+        assert torch.equal(ours, _batched_nms_vanilla(boxes, scores, idxs, threshold))
+
+
+# --------------------------------------------------------------------------- float16, autocast
+
+
+def test_nms_float16_keeps_one_of_two_identical_large_boxes():
+    # 300 x 300 = 90000 overflows float16 (max 65504): the union would be inf and the IoU 0
+    boxes = torch.tensor([[0.0, 0.0, 300.0, 300.0]] * 2).half()
+    scores = torch.tensor([1.0, 0.5]).half()
+    with torch.autocast("cpu", dtype=torch.float16):  # torchvision has no CPU float16 kernel
+        expected = tv.nms(boxes, scores, 0.5)
+    assert expected.tolist() == [0]
+    assert torch.equal(ops.nms(boxes, scores, 0.5), expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_nms_matches_torchvision_under_autocast(dtype):
+    # float16/bfloat16 are compared in float32: torchvision's result under autocast, exactly
+    g = torch.Generator().manual_seed(3)
+    boxes, scores = _clustered(3000, seed=3, dtype=torch.float64)
+    boxes, scores = (boxes * 3).to(dtype), torch.rand(3000, generator=g).to(dtype)
+    idxs = torch.randint(0, 5, (3000,), generator=g)
+    small = slice(0, 900)  # batched_nms's coordinate-offset path (<= 4000 numbers)
+    for threshold in (0.3, 0.5, 0.7):
+        with torch.autocast("cpu", dtype=dtype):
+            expected = [
+                tv.nms(boxes, scores, threshold),
+                tv.batched_nms(boxes, scores, idxs, threshold),
+                tv.batched_nms(boxes[small], scores[small], idxs[small], threshold),
+            ]
+            under_autocast = [
+                ops.nms(boxes, scores, threshold),
+                ops.batched_nms(boxes, scores, idxs, threshold),
+                ops.batched_nms(boxes[small], scores[small], idxs[small], threshold),
+            ]
+        plain = [
+            ops.nms(boxes, scores, threshold),
+            ops.batched_nms(boxes, scores, idxs, threshold),
+            ops.batched_nms(boxes[small], scores[small], idxs[small], threshold),
+        ]
+        for theirs, ours, ours_plain in zip(expected, under_autocast, plain):
+            assert torch.equal(ours, theirs) and torch.equal(ours_plain, theirs)
+
+
+def test_nms_mixed_dtypes_only_under_autocast():
+    boxes, scores = _uniform(200, seed=1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # both are cast to float32 first
+        expected = tv.nms(boxes.half(), scores, 0.5)
+        assert torch.equal(ops.nms(boxes.half(), scores, 0.5), expected)
+        with pytest.raises(ValueError, match="scores .*float32"):  # float64 is not cast
+            ops.nms(boxes.double(), scores, 0.5)
+    with pytest.raises(ValueError, match="scores .*float32"):
+        ops.nms(boxes.half(), scores, 0.5)
+
+
+def test_float64_under_autocast_stays_float64():
+    boxes, scores = _clustered(500, seed=2, dtype=torch.float64)
+    with torch.autocast("cpu", dtype=torch.float16):
+        expected = tv.nms(boxes, scores, 1 / 3)
+        assert torch.equal(ops.nms(boxes, scores, 1 / 3), expected)
+    assert torch.equal(expected, tv.nms(boxes, scores, 1 / 3))
 
 
 # --------------------------------------------------------------------------- empty and bad input
@@ -315,3 +447,20 @@ def test_empty_inputs():
 def test_bad_input_raises_value_error_naming_the_argument(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+@pytest.mark.parametrize("threshold", [None, "0.5", [0.5]])
+def test_bad_iou_threshold_raises_type_error_naming_it(threshold):
+    boxes, scores = _uniform(5, seed=0)
+    for call in (
+        lambda: ops.nms(boxes, scores, threshold),
+        lambda: ops.batched_nms(boxes, scores, torch.zeros(5, dtype=torch.int64), threshold),
+    ):
+        with pytest.raises(TypeError, match="iou_threshold must be a real number"):
+            call()
+
+
+def test_iou_threshold_may_be_a_tensor_or_an_int_as_in_torchvision():
+    boxes, scores = _clustered(100, seed=4)
+    for threshold in (torch.tensor(0.5), torch.tensor(0.5, dtype=torch.float64), 1, 0):
+        assert torch.equal(ops.nms(boxes, scores, threshold), tv.nms(boxes, scores, threshold))

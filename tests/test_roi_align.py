@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import torch
 import torchvision
@@ -10,6 +12,8 @@ from hypothesis import strategies as st
 
 from rcnn_lab.ops import RoIAlign, roi_align
 
+# the module (rcnn_lab.ops.roi_align is the function: the package re-exports it under that name)
+roi_align_module = importlib.import_module("rcnn_lab.ops.roi_align")
 F32_TOL = {"atol": 1e-5, "rtol": 1e-5}
 F64_TOL = {"atol": 1e-12, "rtol": 1e-12}
 GRAD_F32_TOL = {"atol": 1e-4, "rtol": 1e-4}
@@ -202,3 +206,216 @@ def test_bad_input_errors(args, match):
 def test_bad_output_size():
     with pytest.raises(ValueError, match="output_size"):
         roi_align(torch.randn(1, 1, 4, 4), torch.zeros(1, 5), (2, 2, 2))
+
+
+# --------------------------------------------------------------------------- argument checks
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"output_size": 2.0}, TypeError, "output_size must be an int or a pair of ints"),
+        ({"output_size": None}, TypeError, "output_size must be an int or a pair of ints"),
+        ({"output_size": (2, 2.5)}, TypeError, "output_size must be an int or a pair of ints"),
+        ({"output_size": -1}, ValueError, "output_size must be >= 0"),
+        ({"output_size": (3, -2)}, ValueError, "output_size must be >= 0"),
+        ({"sampling_ratio": 2.0}, TypeError, "sampling_ratio must be an int"),
+        ({"sampling_ratio": None}, TypeError, "sampling_ratio must be an int"),
+        ({"spatial_scale": None}, TypeError, "spatial_scale must be a real number"),
+        ({"spatial_scale": "0.5"}, TypeError, "spatial_scale must be a real number"),
+        ({"spatial_scale": float("nan")}, ValueError, "spatial_scale must be finite"),
+        ({"spatial_scale": float("inf")}, ValueError, "spatial_scale must be finite"),
+    ],
+)
+def test_bad_arguments_raise_naming_the_argument(kwargs, error, match):
+    arguments = {"output_size": 2, "spatial_scale": 1.0, "sampling_ratio": 2} | kwargs
+    with pytest.raises(error, match=match):
+        roi_align(torch.randn(1, 2, 8, 8), torch.tensor([[0, 1.0, 1.0, 6.0, 6.0]]), **arguments)
+
+
+@pytest.mark.parametrize("sampling_ratio", [2, -1, 0])
+@pytest.mark.parametrize(
+    "roi",
+    [
+        [0, float("nan"), 1.0, 6.0, 6.0],
+        [0, 1.0, 1.0, float("inf"), 6.0],
+        [0, 1.0, float("-inf"), 6.0, 6.0],
+    ],
+)
+def test_non_finite_rois_raise(roi, sampling_ratio):
+    # torchvision crashes or returns zeros here; an embedding_bag index error or silent zeros
+    # came out of the plain-PyTorch gather
+    x = torch.randn(1, 2, 8, 8)
+    rois = torch.tensor([[0, 1.0, 1.0, 6.0, 6.0], roi])
+    with pytest.raises(ValueError, match=r"boxes must have finite coordinates .* rows \[1\]"):
+        roi_align(x, rois, 2, 1.0, sampling_ratio)
+
+
+def test_arguments_torchvision_accepts_are_accepted():
+    x = torch.randn(1, 2, 8, 8, dtype=torch.float64)
+    rois = torch.tensor([[0, 1.0, 1.0, 6.0, 6.0]], dtype=torch.float64)
+    ref = torchvision.ops.roi_align(x, rois, 2, 0.5, 2)
+    for output_size, scale, ratio in (
+        ([2, 2], torch.tensor(0.5), torch.tensor(2)),  # one-element tensors, a list
+        (torch.Size([2, 2]), 0.5, 2),
+    ):
+        torch.testing.assert_close(roi_align(x, rois, output_size, scale, ratio), ref, **F64_TOL)
+    empty = roi_align(x, rois, (0, 3), 1.0, -1)  # zero bins, as torchvision: an empty output
+    assert empty.shape == torchvision.ops.roi_align(x, rois, (0, 3), 1.0, -1).shape == (1, 2, 0, 3)
+
+
+@pytest.mark.parametrize("sampling_ratio", [2, -1])
+def test_zero_channels_give_an_empty_result_like_torchvision(sampling_ratio):
+    x = torch.randn(2, 0, 8, 8, requires_grad=True)
+    rois = torch.tensor([[0, 1.0, 1.0, 6.0, 6.0], [1, 0.0, 2.0, 5.0, 7.0]])
+    ours = roi_align(x, rois, (2, 3), 1.0, sampling_ratio)
+    ref = torchvision.ops.roi_align(x, rois, (2, 3), 1.0, sampling_ratio)
+    assert ours.shape == ref.shape == (2, 0, 2, 3) and ours.dtype == ref.dtype
+    ours.sum().backward()  # still part of the graph, as torchvision's
+    assert x.grad is not None and x.grad.shape == x.shape
+
+
+# --------------------------------------------------------------------------- float16, autocast
+
+
+def _half_case(seed: int = 0):
+    """float64 features and RoIs that are exact in float16 (integer ids and coordinates)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, 6, 20, 24, generator=g, dtype=torch.float64)
+    corners = torch.randint(-8, 200, (40, 4), generator=g).double()
+    ids = torch.randint(0, 2, (40, 1), generator=g).double()
+    xy1, xy2 = corners[:, :2].minimum(corners[:, 2:]), corners[:, :2].maximum(corners[:, 2:])
+    return x, torch.cat([ids, xy1, xy2], 1)
+
+
+def _one_ulp(dtype: torch.dtype) -> dict:
+    """Tolerances of one rounding step of ``dtype``: float32 sums rounded once to it may differ
+    by one step when the float32 values differ in their last bits."""
+    eps = torch.finfo(dtype).eps
+    return {"rtol": eps, "atol": eps * 1e-3}
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("sampling_ratio", [2, -1])
+def test_half_roi_align_is_torchvisions_autocast_result(dtype, sampling_ratio):
+    # float16/bfloat16 are computed in float32 and cast back, as torchvision's autocast does;
+    # (torchvision's own bfloat16 CPU kernel does not exist, its float16 one sums in float16)
+    x, rois = _half_case()
+    x, rois = x.to(dtype), rois.to(dtype)
+    with torch.autocast("cpu", dtype=dtype):
+        ref = torchvision.ops.roi_align(x, rois, 5, 1 / 8, sampling_ratio)
+        under_autocast = roi_align(x, rois, 5, 1 / 8, sampling_ratio)
+    plain = roi_align(x, rois, 5, 1 / 8, sampling_ratio)
+    assert ref.dtype == under_autocast.dtype == plain.dtype == dtype
+    torch.testing.assert_close(plain, under_autocast, rtol=0, atol=0)
+    torch.testing.assert_close(plain, ref, **_one_ulp(dtype))
+
+
+@pytest.mark.parametrize("autocast_dtype", [torch.float16, torch.bfloat16])
+def test_autocast_casts_like_torchvision(autocast_dtype):
+    x, rois = _half_case(seed=1)
+    cases = [  # (input dtype, boxes dtype)
+        (torch.float32, torch.float32),
+        (torch.float32, torch.float16),  # mixed: both go to float32 under autocast
+        (torch.float16, torch.float32),
+        (torch.float64, torch.float64),  # float64 is left alone
+    ]
+    for x_dtype, rois_dtype in cases:
+        xi, ri = x.to(x_dtype).requires_grad_(), rois.to(rois_dtype)
+        with torch.autocast("cpu", dtype=autocast_dtype):
+            ref = torchvision.ops.roi_align(xi, ri, 3, 1 / 8, 2)
+            ours = roi_align(xi, ri, 3, 1 / 8, 2)
+        assert ours.dtype == ref.dtype == x_dtype
+        tol = F64_TOL if x_dtype == torch.float64 else _one_ulp(x_dtype) | F32_TOL
+        torch.testing.assert_close(ours, ref, **tol)
+        grad_out = torch.randn_like(ref)
+        (g_ours,) = torch.autograd.grad(ours, xi, grad_out)
+        (g_ref,) = torch.autograd.grad(ref, xi, grad_out)
+        assert g_ours.dtype == g_ref.dtype == x_dtype
+    with torch.autocast("cpu", dtype=autocast_dtype), pytest.raises(ValueError, match="dtype"):
+        roi_align(x, rois.float(), 3, 1 / 8, 2)  # float64 input, float32 boxes: as torchvision
+    with pytest.raises(ValueError, match="dtype"):  # mixed dtypes without autocast
+        roi_align(x.float(), rois.half(), 3, 1 / 8, 2)
+
+
+def _relative_error(value: torch.Tensor, reference: torch.Tensor) -> float:
+    return float((value.detach().double() - reference.detach()).norm() / reference.detach().norm())
+
+
+@pytest.mark.parametrize("sampling_ratio", [2, -1])
+def test_float16_gradient_accumulates_in_float32(sampling_ratio):
+    # 1000 overlapping RoIs on a 16 x 16 map: every pixel's gradient sums ~10^4 terms. The RoIs
+    # are exact in float16 and their sides multiples of 7, so every sample position is exact and
+    # the error is the summation's alone.
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 8, 16, 16, generator=g).half()
+    corner = torch.randint(0, 4, (1000, 2), generator=g).double()
+    side = 7 * torch.randint(1, 3, (1000, 1), generator=g).double()
+    rois = torch.cat([torch.zeros(1000, 1, dtype=torch.float64), corner, corner + side], 1)
+    grad_out = torch.randn(1000, 8, 7, 7, generator=g).half()
+    x64 = x.double().requires_grad_()
+    ref = torchvision.ops.roi_align(x64, rois, 7, 1.0, sampling_ratio)
+    (g_ref,) = torch.autograd.grad(ref, x64, grad_out.double())
+    errors = {}
+    for name, fn in (("ours", roi_align), ("torchvision", torchvision.ops.roi_align)):
+        x16 = x.clone().requires_grad_()
+        out = fn(x16, rois.half(), 7, 1.0, sampling_ratio)
+        (grad,) = torch.autograd.grad(out, x16, grad_out)
+        assert out.dtype == grad.dtype == torch.float16
+        errors[name] = (_relative_error(out, ref), _relative_error(grad, g_ref))
+    # float32 sums rounded once to float16 (unit roundoff 2**-11 = 4.9e-4): the result's error is
+    # its final rounding's; torchvision's float16 kernel rounds at every step of the sums
+    assert errors["ours"][0] <= 5e-4 and errors["ours"][1] <= 5e-4
+    assert errors["ours"][0] <= errors["torchvision"][0]
+    assert errors["ours"][1] <= errors["torchvision"][1] / 4
+
+
+# --------------------------------------------------------------------------- huge RoIs, memory
+
+
+def test_huge_roi_is_gathered_in_bounded_chunks(monkeypatch):
+    # one 1500 x 1500 px RoI with adaptive sampling: 215 x 215 samples per bin, 2.3 Mi samples;
+    # a single gather of all of them held ~90 bytes per sample (9 GB for a 10k x 10k RoI)
+    x = torch.randn(1, 2, 10, 12, dtype=torch.float64, requires_grad=True)
+    rois = torch.tensor([[0, -3.0, -2.0, 1497.0, 1498.0]], dtype=torch.float64)
+    bag = 215 * 215  # samples per bin: ceil(1500 / 7) squared
+    sizes, embedding_bag = [], roi_align_module.F.embedding_bag
+
+    def recording_embedding_bag(rows, *args, **kwargs):
+        sizes.append(rows.numel())
+        return embedding_bag(rows, *args, **kwargs)
+
+    monkeypatch.setattr(roi_align_module.F, "embedding_bag", recording_embedding_bag)
+    ours = roi_align(x, rois, 7, 1.0, -1)
+    assert len(sizes) > 1 and max(sizes) <= 4 * (roi_align_module.SAMPLE_BUDGET + bag)
+    monkeypatch.undo()
+    ref = torchvision.ops.roi_align(x, rois, 7, 1.0, -1)
+    torch.testing.assert_close(ours, ref, **F64_TOL)
+    grad_out = torch.randn_like(ref)
+    (g_ours,) = torch.autograd.grad(ours, x, grad_out)  # through the checkpointed chunks
+    (g_ref,) = torch.autograd.grad(ref, x, grad_out)
+    torch.testing.assert_close(g_ours, g_ref, **F64_TOL)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    k=st.integers(0, 8),
+    sampling_ratio=st.integers(-1, 3),
+    budget=st.integers(1, 300),
+    aligned=st.booleans(),
+)
+def test_chunked_gather_matches_torchvision(seed, k, sampling_ratio, budget, aligned):
+    # tiny chunk budgets: chunks inside one RoI, one bin per chunk, RoIs split across chunks
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, 3, 7, 9, generator=g, dtype=torch.float64, requires_grad=True)
+    rois = random_rois(k, 2, 7, 9, 0.5, seed=seed, dtype=torch.float64)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(roi_align_module, "SAMPLE_BUDGET", budget)
+        ours = roi_align(x, rois, (3, 2), 0.5, sampling_ratio, aligned)
+    ref = torchvision.ops.roi_align(x, rois, (3, 2), 0.5, sampling_ratio, aligned)
+    torch.testing.assert_close(ours, ref, **F64_TOL)
+    grad_out = torch.randn(ref.shape, generator=g, dtype=torch.float64)
+    (g_ours,) = torch.autograd.grad(ours, x, grad_out)
+    (g_ref,) = torch.autograd.grad(ref, x, grad_out)
+    torch.testing.assert_close(g_ours, g_ref, **F64_TOL)

@@ -9,7 +9,10 @@ Boxes are (x1, y1, x2, y2) in pixels unless a ``fmt`` says otherwise.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import math
+import numbers
 
 import torch
 from torch import Tensor
@@ -20,8 +23,25 @@ BOX_FORMATS = ("xyxy", "xywh", "cxcywh")
 # Boxes decided together by one fixed-point solve: a [B, B] matrix per round is cheap to redo a few
 # times, and B winners per block is few enough that suppressing everything below them stays small.
 _NMS_BLOCK = 128
-# At most this many box pairs are compared at once (4 Mi pairs ~ 16 MiB per float32 temporary).
-_PAIR_BUDGET = 1 << 22
+# Mat-vec rounds of the fixed point before it is checked: 97% of the blocks of bench_nms.py's
+# scenes settle within 2 rounds, 99% within 3; the others are finished by the sequential scan.
+_FIXED_POINT_ROUNDS = 3
+# At most this many box pairs are compared at once: 128 Ki pairs make float32 temporaries of
+# 0.5 MiB that stay in a core's L2 cache; 16x larger chunks ran 5-10x slower per pair (measured).
+_PAIR_BUDGET = 1 << 17
+# Gather the boxes near a block's winners only when that drops at least a quarter of the others;
+# otherwise comparing all of them costs less than the gather.
+_NEAR_FRACTION = 0.75
+# When the survivors that a block can suppress end within this many columns, the block grows to
+# take them all (one solve costs fewer operations than several blocks), up to the largest block
+# whose [B, B] IoU matrix is one chunk (a larger one fell out of cache and ran 4x slower).
+_ONE_BLOCK_REACH = math.isqrt(_PAIR_BUDGET)
+# Survivors below a block are gathered anew when they are this few; more are moved in place.
+_GATHER_BELOW = 4096
+# The sequential scan packs overlap bits into int64 words: 2**k for bit k, bit 63 as -2**63.
+_WORD_BITS = 64
+_WORD_MASK = (1 << _WORD_BITS) - 1
+_BIT_VALUES = [1 << k for k in range(_WORD_BITS - 1)] + [-(1 << (_WORD_BITS - 1))]
 # torchvision's size switch in batched_nms: above this many coordinates it runs NMS class by class.
 _PER_CLASS_NUMEL = {"cpu": 4000}
 _PER_CLASS_NUMEL_OTHER = 100_000
@@ -145,6 +165,36 @@ def remove_small_boxes(boxes: Tensor, min_size: float) -> Tensor:
 # ----------------------------------------------------------------------------------------------
 
 
+def _autocast_on(device_type: str) -> bool:
+    """Whether autocast is enabled for ``device_type`` (False where autocast does not exist)."""
+    available = torch.amp.is_autocast_available(device_type)  # e.g. not for "meta"
+    return available and torch.is_autocast_enabled(device_type)
+
+
+def autocast_float32(*tensors: Tensor) -> tuple[Tensor, ...]:
+    """What torchvision's autocast kernels of ``nms`` and ``roi_align`` do to their inputs.
+
+    When autocast is on for the tensors' device, torchvision casts float16, bfloat16 and float32
+    inputs to float32 (float64 and integer tensors pass unchanged) before running the op; with
+    autocast off this returns the tensors as they are. (Shared with :mod:`rcnn_lab.ops.roi_align`.)
+    """
+    if not _autocast_on(tensors[0].device.type):
+        return tensors
+    eligible = (torch.float16, torch.bfloat16, torch.float32)
+    return tuple(t.float() if t.dtype in eligible else t for t in tensors)
+
+
+def autocast_off(device_type: str) -> contextlib.AbstractContextManager:
+    """A context that turns autocast off on ``device_type`` if it is on, else does nothing.
+
+    The ops choose their own dtypes (as torchvision's kernels do); inside, autocast would
+    otherwise run a mat-vec or a gather in float16.
+    """
+    if _autocast_on(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
+
+
 def _check_nms_inputs(boxes: Tensor, scores: Tensor) -> None:
     """Raise ValueError unless boxes is [N, 4] floating and scores is [N] of the same dtype."""
     if not isinstance(boxes, Tensor) or boxes.dim() != 2 or boxes.shape[1] != 4:
@@ -155,8 +205,23 @@ def _check_nms_inputs(boxes: Tensor, scores: Tensor) -> None:
     if not isinstance(scores, Tensor) or scores.dim() != 1 or scores.shape[0] != boxes.shape[0]:
         seen = tuple(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__
         raise ValueError(f"scores must be a tensor of shape [{boxes.shape[0]}] (N), got {seen}")
-    if scores.dtype != boxes.dtype:
+    # under autocast torchvision casts both to float32 first, so float16 boxes may meet float32
+    # scores there (and only there)
+    cast_boxes, cast_scores = autocast_float32(boxes, scores)
+    if cast_scores.dtype != cast_boxes.dtype:
         raise ValueError(f"scores must have the dtype of boxes ({boxes.dtype}), got {scores.dtype}")
+
+
+def _threshold_value(iou_threshold: float) -> float:
+    """``iou_threshold`` as a Python float; TypeError unless it is a real number."""
+    is_number = isinstance(iou_threshold, numbers.Real)
+    is_scalar_tensor = isinstance(iou_threshold, Tensor) and iou_threshold.numel() == 1
+    if not (is_number or is_scalar_tensor):
+        raise TypeError(
+            f"iou_threshold must be a real number such as 0.5, got "
+            f"{type(iou_threshold).__name__} {iou_threshold!r}"
+        )
+    return float(iou_threshold)
 
 
 @functools.lru_cache(maxsize=64)  # a handful of thresholds recur in every call of a model
@@ -195,24 +260,54 @@ def _pair_iou(a: Tensor, b: Tensor) -> Tensor:
     return inter.div_((a[4] + b[4]).sub_(inter))
 
 
-def _fixed_point(over: Tensor) -> Tensor:
-    """Greedy keep mask [B] of B score-sorted boxes from their [B, B] overlap matrix (bool).
+@functools.lru_cache(maxsize=8)
+def _bit_values(device: torch.device) -> Tensor:
+    """[64] int64 2**k, the value of bit k of a word (bit 63 as -2**63), on ``device``."""
+    return torch.tensor(_BIT_VALUES, device=device)
 
-    keep[j] = no kept box ranked above j overlaps it. Starting from "keep everything", each
-    round recomputes keep from the previous one; after t rounds the first t boxes are final (box
-    t depends only on boxes above it), so at most B rounds reach the unique fixed point -- the
-    greedy answer -- and a handful do in practice. One host synchronisation per round (the
-    convergence test). A float mat-vec counts the kept hitters exactly (counts <= B << 2**24).
+
+def _sequential_scan(over: Tensor) -> Tensor:
+    """Positions [K] (ascending) that greedy NMS keeps among B score-sorted boxes: the plain loop.
+
+    Row i of the [B, B] bool ``over`` ("box i overlaps box j") is packed into a Python int of B
+    bits (one device-to-host copy of B * ceil(B / 64) int64 words); the loop on the host then
+    costs one bit test per box and one OR per kept box, tens of microseconds for B = 128.
     """
-    above = over.float().triu_(diagonal=1)  # [B, B] only higher-ranked boxes suppress
-    hitters_of = above.t()  # [B, B] row j: who may suppress j
-    keep = torch.ones(over.shape[0], dtype=above.dtype, device=over.device)
-    for _ in range(over.shape[0]):
-        new_keep = torch.mv(hitters_of, keep).eq_(0)  # [B] 1.0 where no kept box hits
-        if torch.equal(new_keep, keep):
-            break
-        keep = new_keep
-    return keep.bool()
+    b = over.shape[0]
+    words = -(-b // _WORD_BITS)
+    if b % _WORD_BITS:  # pad the columns to whole words
+        over = torch.cat((over, over.new_zeros((b, words * _WORD_BITS - b))), dim=1)
+    bits = over.reshape(b, words, _WORD_BITS).long() * _bit_values(over.device)
+    removed, kept = 0, []
+    for i, row in enumerate(bits.sum(-1).tolist()):  # sync: the loop runs on the host
+        if removed >> i & 1:
+            continue
+        kept.append(i)
+        for k, word in enumerate(row):  # bits j <= i are already decided and never read again
+            removed |= (word & _WORD_MASK) << (k * _WORD_BITS)
+    return torch.tensor(kept, dtype=torch.int64, device=over.device)
+
+
+def _fixed_point(over: Tensor) -> Tensor:
+    """Positions [K] (ascending) that greedy NMS keeps among B score-sorted boxes.
+
+    ``over`` [B, B] bool: box i overlaps box j above the threshold. keep[j] = no kept box ranked
+    above j overlaps it. Starting from "keep everything", each round recomputes keep from the
+    previous one (a float mat-vec counts the kept hitters exactly, counts <= B << 2**24); after t
+    rounds the first t boxes are final (box t depends only on boxes above it), and the unique
+    fixed point is the greedy answer. A few rounds reach it in practice, but a chain of
+    suppressions (box 1 suppresses 2, whose removal frees 3, ...) needs up to B rounds. So run
+    ``_FIXED_POINT_ROUNDS`` rounds with no host synchronisation, check once whether keep is
+    the fixed point, and if not finish with the sequential loop (:func:`_sequential_scan`): at
+    most ``_FIXED_POINT_ROUNDS + 1`` mat-vecs and two host syncs per block, whatever the input.
+    """
+    hitters_of = over.float().triu_(diagonal=1).t()  # [B, B] row j: who may suppress j
+    keep = torch.ones(over.shape[0], dtype=hitters_of.dtype, device=over.device)
+    for _ in range(_FIXED_POINT_ROUNDS):
+        keep = torch.mv(hitters_of, keep).eq_(0)  # [B] 1.0 where no kept box hits
+    if torch.equal(torch.mv(hitters_of, keep).eq_(0), keep):  # sync
+        return keep.nonzero().squeeze(1)
+    return _sequential_scan(over)
 
 
 def _overlaps(a: Tensor, b: Tensor, thr: float, labels: tuple | None) -> Tensor:
@@ -235,16 +330,90 @@ def _best_iou(winners: Tensor, others: Tensor) -> Tensor:
     return iou.amax(dim=0)
 
 
-def _hit_by(winners: Tensor, others: Tensor, thr: float) -> Tensor:
-    """Which of ``others`` [5, M] some column of ``winners`` [5, K] overlaps above thr: [M] bool.
+def _near(winners: Tensor, others: Tensor) -> Tensor:
+    """[M] bool: columns of ``others`` [5, M] that overlap the bounding box of ``winners``.
 
-    Works on column chunks so that at most ``_PAIR_BUDGET`` pairs are held in memory at once.
+    A box outside it (say x1 >= every winner's x2) gets intersection exactly 0 from each winner
+    in float arithmetic (min(x2) - max(x1) <= 0, clamped), hence IoU 0 or NaN, which exceeds no
+    threshold >= 0. A winner with a NaN corner has IoU NaN with everything: it widens nothing.
     """
+    inf = float("inf")
+    corners = winners[:4].nan_to_num(nan=inf, posinf=inf, neginf=-inf)  # [4, K]
+    top_left = corners[:2].amin(dim=1)  # [2] smallest x1, y1
+    corners = winners[2:4].nan_to_num(nan=-inf, posinf=inf, neginf=-inf)  # [2, K]
+    bottom_right = corners.amax(dim=1)  # [2] largest x2, y2
+    before_end = others[:2] < bottom_right[:, None]  # [2, M]
+    after_start = others[2:4] > top_left[:, None]  # [2, M]
+    return (before_end & after_start).all(dim=0)
+
+
+def _hit_by(winners: Tensor, others: Tensor, thr: float) -> Tensor:
+    """Ascending columns of ``others`` [5, M] that some column of ``winners`` [5, K] overlaps.
+
+    The comparison works on column chunks of at most ``_PAIR_BUDGET`` pairs, so that the
+    temporaries stay in cache and memory stays bounded. When there is more than one chunk of
+    work and thr >= 0, only the columns near the winners (:func:`_near`) are compared: winners
+    of a block that sit together (a chain of boxes, one object's guesses) skip far-away boxes.
+    """
+    columns = None
+    big = winners.shape[1] * others.shape[1] > _PAIR_BUDGET
+    if big and thr >= 0:  # a negative threshold is exceeded by IoU 0: every box is near
+        near = _near(winners, others).nonzero().squeeze(1)  # sync: the count sizes the gather
+        if near.numel() == 0:
+            return near
+        if near.numel() <= others.shape[1] * _NEAR_FRACTION:
+            columns, others = near, others[:, near]
     chunk = max(1, _PAIR_BUDGET // max(1, winners.shape[1]))
-    if others.shape[1] <= chunk:
-        return _best_iou(winners, others) > thr
     best = [_best_iou(winners, others[:, i : i + chunk]) for i in range(0, others.shape[1], chunk)]
-    return torch.cat(best) > thr
+    hit = (torch.cat(best) if len(best) > 1 else best[0]) > thr  # [M] or [near]
+    hit = hit.nonzero().squeeze(1)
+    return hit if columns is None else columns[hit]
+
+
+def _drop(tensors: list[Tensor], start: int, hit: Tensor) -> list[Tensor]:
+    """Remove the first ``start`` columns and columns ``start + hit`` (ascending) of each tensor.
+
+    Few survivors are simply gathered. Of many, only the columns up to the last hit move: the
+    kept ones among them are shifted right, in place, onto the columns just before the
+    untouched tail, and the result is a view from there (no copy of the tail, which is most of
+    the survivors when the hits sit near the block, as in a chain of boxes). The tensors must
+    be owned by the caller (they are overwritten) and share their last size.
+    """
+    if hit.numel() == 0:
+        return [t[..., start:] for t in tensors]
+    rest = tensors[0].shape[-1] - start
+    if rest <= _GATHER_BELOW:
+        alive = torch.ones(rest, dtype=torch.bool, device=hit.device)
+        alive[hit] = False
+        kept = alive.nonzero().squeeze(1).add_(start)  # [rest - hits] surviving columns
+        return [t[..., kept] for t in tensors]
+    cut = int(hit[-1]) + 1  # sync: [0, cut) holds every hit
+    if cut > hit.numel():  # some columns before the last hit survive: move them
+        moved = torch.ones(cut, dtype=torch.bool, device=hit.device)
+        moved[hit] = False
+        moved = moved.nonzero().squeeze(1).add_(start)  # [cut - hits] columns that survive
+        for t in tensors:
+            t[..., start + hit.numel() : start + cut] = t[..., moved]  # a copy: overlap is safe
+    return [t[..., start + hit.numel() :] for t in tensors]
+
+
+def _solve_block(
+    cols: Tensor, b: int, reach: int, thr: float, labels: Tensor | None
+) -> tuple[Tensor, Tensor]:
+    """Winners of the top b survivors, and the survivors in [b, reach) that they suppress.
+
+    Returns the winners' positions [K] in the block (:func:`_fixed_point`) and the ascending
+    positions, relative to b, of the survivors below that they overlap (:func:`_hit_by`).
+    """
+    block = cols[:, :b]
+    pair_labels = None if labels is None else (labels[:b], labels[:b])
+    keep = _fixed_point(_overlaps(block, block, thr, pair_labels))  # [K]
+    won = keep
+    if labels is not None and reach > b:  # survivors below all have labels >= the block's last,
+        won = keep[labels[keep] == labels[b - 1]]  # L: only winners of label L meet them
+    if reach == b or won.numel() == 0:
+        return keep, keep[:0]
+    return keep, _hit_by(block[:, won], cols[:, b:reach], thr)
 
 
 def _greedy_keep(cols: Tensor, thr: float, labels: Tensor | None = None) -> Tensor:
@@ -253,32 +422,25 @@ def _greedy_keep(cols: Tensor, thr: float, labels: Tensor | None = None) -> Tens
     Take the top B survivors as a block and solve it exactly (:func:`_fixed_point`); its winners
     are then final, so delete every lower survivor they overlap; repeat. With ``labels``
     (ascending, scores descending within a label) only same-label boxes interact: survivors
-    below a block have labels >= its last label L, so only its winners of label L are compared,
-    and only with the survivors of label L.
+    below a block have labels >= its last label L, so they are compared only up to the end of
+    label L. ``cols`` and ``labels`` are overwritten.
     """
     pos = torch.arange(cols.shape[1], device=cols.device)  # [M] sorted position of survivors
+    state = [cols, pos] if labels is None else [cols, pos, labels]
     winners = []
     while pos.numel() > 0:
-        block = cols[:, :_NMS_BLOCK]
-        block_labels = None if labels is None else labels[:_NMS_BLOCK]
-        pair_labels = None if labels is None else (block_labels, block_labels)
-        keep = _fixed_point(_overlaps(block, block, thr, pair_labels))  # [b]
-        won = block[:, keep]  # [5, K] final winners of the block
-        winners.append(pos[:_NMS_BLOCK][keep])
-        cols, pos = cols[:, _NMS_BLOCK:], pos[_NMS_BLOCK:]
-        labels = None if labels is None else labels[_NMS_BLOCK:]
-        reach = pos.numel()
-        if labels is not None and reach > 0:  # survivors all have labels >= the block's last
-            last = block_labels[-1]  # label L: only winners of label L meet them, up to `reach`
-            won = won[:, block_labels[keep] == last]
-            reach = int(torch.searchsorted(labels, last, right=True))
-        if reach == 0 or won.shape[1] == 0:
-            continue
-        survive = ~_hit_by(won, cols[:, :reach], thr)  # [reach]
-        if reach < pos.numel():
-            survive = torch.cat((survive, survive.new_ones(pos.numel() - reach)))
-        cols, pos = cols[:, survive], pos[survive]
-        labels = None if labels is None else labels[survive]
+        b = reach = min(_NMS_BLOCK, pos.numel())
+        if labels is None:
+            reach = pos.numel()
+        elif b < pos.numel():  # sync: the end of label L among the survivors
+            reach = int(torch.searchsorted(labels, labels[b - 1], right=True))
+        if reach <= _ONE_BLOCK_REACH:  # one block of everything these boxes can meet
+            b = reach
+        keep, hit = _solve_block(cols, b, reach, thr, labels)
+        winners.append(pos[keep])
+        state = _drop(state, b, hit)
+        cols, pos = state[0], state[1]
+        labels = None if labels is None else state[2]
     return torch.cat(winners)
 
 
@@ -291,37 +453,48 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     computed in torchvision's arithmetic order and compared with the float64 threshold).
 
     Args:
-        boxes: [N, 4] (x1, y1, x2, y2), float32 or float64 (finite values).
+        boxes: [N, 4] (x1, y1, x2, y2), floating point (finite values).
         scores: [N], same dtype as boxes.
         iou_threshold: suppress boxes whose IoU with a kept box is strictly greater.
 
     Returns:
         [K] int64 indices of the kept boxes, by decreasing score.
 
-    Cost: blocks of B = 128 boxes. Each block's winners are compared with every surviving lower
-    box, so time is O(N * K) pair IoUs (K kept; torchvision's loop does the same work) plus
-    O(B^2) per block and round of the fixed point. Memory: O(N) for the sorted boxes, O(B^2) per
-    block and at most 4 Mi box pairs (a few float temporaries of 16 MiB) at a time, whatever N.
-    Host synchronisations: a few per block and one per fixed-point round, none per box.
+    float16 and bfloat16 boxes are compared in float32: their areas overflow float16 beyond
+    181 x 181 px, and a 3-digit IoU flips decisions. The result is torchvision's under autocast
+    (which casts to float32 for any device); torchvision's CUDA kernel for float16 also
+    multiplies in float32 but subtracts corners in float16, so a near-tie may differ there.
+
+    Cost: blocks of B = 128 boxes, each solved by at most 4 mat-vec rounds or, when its
+    suppressions chain, by a sequential scan of its B x B overlap bits on the host. Its winners
+    are compared with the surviving lower boxes near them, so time is at most O(N * K) pair IoUs
+    (K kept; torchvision's loop does that work) plus O(B^2) per block, and O(N * B) for a chain
+    of boxes. Memory: O(N) for the sorted boxes, O(B^2) per block and at most 128 Ki box pairs
+    (float temporaries of 0.5 MiB) at a time, whatever N. Host synchronisations: a few per
+    block, none per box.
     """
     _check_nms_inputs(boxes, scores)
+    thr = _threshold_value(iou_threshold)
     if boxes.shape[0] == 0:
         return torch.empty((0,), dtype=torch.int64, device=boxes.device)
+    boxes, scores = _upcast(boxes), _upcast(scores)  # float16/bfloat16 -> float32
     order = torch.sort(scores, dim=0, descending=True, stable=True).indices
-    thr = _threshold_below(float(iou_threshold), boxes.dtype)
-    keep = _greedy_keep(_sorted_columns(boxes, order), thr)
+    with autocast_off(boxes.device.type):
+        keep = _greedy_keep(_sorted_columns(boxes, order), _threshold_below(thr, boxes.dtype))
     return order[keep]
 
 
 def _per_class_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:
     """NMS of each class on its own boxes (no coordinate offset), all classes in one pass."""
+    thr = _threshold_below(_threshold_value(iou_threshold), _upcast(boxes).dtype)
     by_score = torch.sort(scores, dim=0, descending=True, stable=True).indices
     by_class = torch.sort(idxs[by_score], dim=0, stable=True).indices
     order = by_score[by_class]  # [N] class ascending, then score descending, then index
-    cols = _sorted_columns(boxes, order)
-    keep = _greedy_keep(cols, _threshold_below(float(iou_threshold), boxes.dtype), idxs[order])
+    with autocast_off(boxes.device.type):
+        keep = _greedy_keep(_sorted_columns(_upcast(boxes), order), thr, idxs[order])
     kept = torch.sort(order[keep]).values  # ascending box index, like a boolean keep mask
-    # same (non-stable) sort call as torchvision's per-class path, so ties come out alike
+    # same (non-stable) sort call as torchvision's per-class path, on the scores as given, so
+    # that ties come out alike
     return kept[scores[kept].sort(descending=True)[1]]
 
 
@@ -338,12 +511,14 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
     Like torchvision, small inputs (<= 4000 coordinates on CPU, 100 000 elsewhere) shift each
     category's boxes by ``idx * (max coordinate + 1)`` so that categories cannot overlap and run
     one :func:`nms`; larger ones run NMS per category. The shift changes float rounding, so the
-    same switch is what makes the result bit-identical to torchvision's.
+    same switch is what makes the result bit-identical to torchvision's. The shift is computed
+    in the boxes' own dtype (float16 too), as torchvision's is, before :func:`nms` upcasts.
     """
     _check_nms_inputs(boxes, scores)
     if not isinstance(idxs, Tensor) or idxs.shape != scores.shape:
         seen = tuple(idxs.shape) if isinstance(idxs, Tensor) else type(idxs).__name__
         raise ValueError(f"idxs must be a tensor of shape [{boxes.shape[0]}] (N), got {seen}")
+    _threshold_value(iou_threshold)
     if boxes.shape[0] == 0:
         return torch.empty((0,), dtype=torch.int64, device=boxes.device)
     limit = _PER_CLASS_NUMEL.get(boxes.device.type, _PER_CLASS_NUMEL_OTHER)

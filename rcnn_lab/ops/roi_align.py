@@ -5,7 +5,9 @@ samples of the feature map. The four corners of every sample, with their bilinea
 gathered from a channels-last table of features by ``F.embedding_bag(mode="sum")``: one bag per
 (RoI, bin), ``4 * gh * gw`` rows per bag, each row weighted by ``bilinear weight / (gh * gw)``.
 embedding_bag's backward scatters the output gradient into the table, which is the feature
-gradient; RoIs get no gradient (as in torchvision).
+gradient; RoIs get no gradient (as in torchvision). Bags are gathered in chunks of at most
+``SAMPLE_BUDGET`` samples, so that a huge RoI with the adaptive sampling ratio cannot take
+gigabytes; float16 and bfloat16 features are pooled in float32.
 
 Shapes: N images, C channels, H x W feature map, K RoIs, ph x pw output bins (pooled height and
 width), gh x gw sampling grid per bin, 4 bilinear corners per sample.
@@ -13,9 +15,17 @@ width), gh x gw sampling grid per bin, 4 bilinear corners per sample.
 
 from __future__ import annotations
 
+import math
+import numbers
+from collections.abc import Callable
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from rcnn_lab.ops.boxes import autocast_float32, autocast_off
 
 #: aligned=True subtracts half a feature pixel, since box coordinates count pixel edges, while
 #: bilinear sampling reads pixel i at coordinate i (its centre).
@@ -24,6 +34,13 @@ HALF_PIXEL = 0.5
 LEGACY_MIN_ROI_SIZE = 1.0
 #: A sample farther than one pixel outside the map contributes nothing (torchvision's rule).
 OUTSIDE_MARGIN = 1.0
+#: Samples gathered by one ``embedding_bag`` call, at most (plus one bin's). The forward holds
+#: about 100 bytes of bookkeeping per sample, so about 100 MiB per chunk. A FPN level's 1000
+#: RoIs of up to 28 x 28 feature pixels make ~0.8 Mi samples: one chunk.
+SAMPLE_BUDGET = 1 << 20
+#: Input dtypes computed in float32, since a bin sums 4 * gh * gw products, which 16-bit floats
+#: round at every step (and float16 has no room for the sample positions of a large map).
+LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
 def _check_input(input: Tensor) -> None:
@@ -57,12 +74,37 @@ def convert_boxes_to_roi_format(boxes: Tensor | list[Tensor] | tuple[Tensor, ...
     return torch.cat([ids.to(coords.dtype)[:, None], coords], dim=1)  # [K, 5]
 
 
+def _integer(name: str, value: object, expected: str) -> int:
+    """``value`` as a Python int; TypeError naming ``name`` unless it is an integer."""
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, Tensor) and value.numel() == 1 and not value.is_floating_point():
+        return int(value)  # as torchvision accepts: a one-element integer tensor
+    raise TypeError(f"{name} must be {expected}, got {type(value).__name__} {value!r}")
+
+
+def _real(name: str, value: object) -> float:
+    """``value`` as a finite Python float; TypeError or ValueError naming ``name`` otherwise."""
+    if not (isinstance(value, numbers.Real) or (isinstance(value, Tensor) and value.numel() == 1)):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError(f"{name} must be finite, got {number}")
+    return number
+
+
 def _pair(output_size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
-    if isinstance(output_size, int):
-        return output_size, output_size
-    if len(output_size) != 2:
-        raise ValueError(f"output_size must be an int or a pair, got {output_size!r}")
-    return int(output_size[0]), int(output_size[1])
+    """(ph, pw) from an int or a pair of ints, each >= 0 (0 gives an empty output)."""
+    expected = "an int or a pair of ints (ph, pw)"
+    if isinstance(output_size, (tuple, list)):
+        if len(output_size) != 2:
+            raise ValueError(f"output_size must be {expected}, got {output_size!r}")
+        pair = tuple(_integer("output_size", v, expected) for v in output_size)
+    else:
+        pair = (_integer("output_size", output_size, expected),) * 2
+    if min(pair) < 0:
+        raise ValueError(f"output_size must be >= 0, got {output_size!r}")
+    return pair
 
 
 def _roi_geometry(rois: Tensor, spatial_scale: float, aligned: bool) -> tuple[Tensor, Tensor]:
@@ -160,11 +202,6 @@ def _owners(counts: Tensor, total: int) -> Tensor:
     return torch.cumsum(runs_starting_here, 0) - 1
 
 
-def _repeat_each(values: Tensor, times: int) -> Tensor:
-    """[K] -> [K * times], every value repeated ``times`` times in place (a broadcast copy)."""
-    return values[:, None].expand(-1, times).reshape(-1)
-
-
 def _ragged_arange(counts: Tensor) -> tuple[Tensor, Tensor]:
     """For counts [K], the owner k and the local index 0..counts[k]-1 of every one of sum(counts).
 
@@ -199,32 +236,19 @@ def _adaptive_axis(
     return index, weight, torch.cumsum(counts, 0) - counts, owner
 
 
-def _bag_samples(
-    y_first: Tensor, x_first: Tensor, gh: Tensor, gw: Tensor, out: tuple[int, int]
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Which y and x sample every sample of every bag combines (variable-length bags).
+class _AdaptiveSamples(NamedTuple):
+    """The samples of every bag when each RoI has its own grid (see :func:`_adaptive_grid_bags`).
 
-    Args:
-        y_first, x_first: [K] where RoI k's samples start in the y and x sample lists.
-        gh, gw: [K] samples per bin along y and x.
-    Returns:
-        y_at, x_at: [T] indices into the y and x sample lists, bag after bag, each bag's
-            samples ordered (gy, gx).
-        bag_first: [K * ph * pw] where each bag starts among the T samples.
+    The y and x corners are listed once per RoI and bin row / column (a few per feature pixel
+    of the RoI's height or width); a bag's gh * gw samples pair them up, so the per-sample lists
+    that ``embedding_bag`` needs are made only for a chunk of bags at a time (:func:`_bag_samples`).
     """
-    ph, pw = out
-    bins = torch.arange(ph * pw, device=gh.device)
-    bag_y = (y_first[:, None] + (bins // pw)[None, :] * gh[:, None]).reshape(-1)  # [K*ph*pw]
-    bag_x = (x_first[:, None] + (bins % pw)[None, :] * gw[:, None]).reshape(-1)  # [K*ph*pw]
-    bag_size = _repeat_each(gh * gw, ph * pw)  # [K*ph*pw]
-    bag_first = torch.cumsum(bag_size, 0) - bag_size
-    info = torch.stack([bag_y, bag_x, _repeat_each(gw, ph * pw), bag_first], dim=1)
-    total = int(bag_size.sum())  # sync: the number of samples decides the size of the result
-    # one gather copies each bag's 4 numbers to all of its samples
-    per_sample = info[_owners(bag_size, total)]  # [T, 4]
-    local = torch.arange(total, device=gh.device) - per_sample[:, 3]  # [T]
-    gy, gx = local // per_sample[:, 2], local % per_sample[:, 2]
-    return per_sample[:, 0] + gy, per_sample[:, 1] + gx, bag_first
+
+    y_rows: Tensor  #: [Ly, 2] table row of the y corners' row start (image * H * W + y * W)
+    y_weights: Tensor  #: [Ly, 2] their bilinear weights, already divided by gh * gw
+    x_index: Tensor  #: [Lx, 2] the x corners
+    x_weights: Tensor  #: [Lx, 2] their bilinear weights
+    bags: Tensor  #: [K*ph*pw, 4] (first y sample, first x sample, gw, gh * gw) of every bag
 
 
 def _adaptive_grid_bags(
@@ -234,12 +258,12 @@ def _adaptive_grid_bags(
     scale: float,
     aligned: bool,
     index_dtype: torch.dtype,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Rows, weights and offsets of variable-length bags (grid = ceil(roi size / output size)).
+) -> _AdaptiveSamples:
+    """Corners of the samples of variable-size bags (grid = ceil(roi size / output size)).
 
-    Returns:
-        rows, weights: [T * 4], the corners of all T samples, bag after bag.
-        offsets: [K * ph * pw] where each (RoI, bin) bag starts in ``rows``.
+    Returns the y and x corners of every RoI's sample rows and columns and, per (RoI, bin) bag,
+    where its samples start in those lists and how many there are; :func:`_bag_samples` turns
+    a range of bags into the rows, weights and offsets of ``embedding_bag``.
     """
     (height, width), (ph, pw) = shape, out
     start, size = _roi_geometry(rois, scale, aligned)
@@ -255,17 +279,71 @@ def _adaptive_grid_bags(
     image_base = rois[:, 0].to(index_dtype) * (height * width)
     y_rows = image_base[roi_of_y][:, None] + y_idx * width  # [Ly, 2]
     y_w = y_w / per_bin[roi_of_y].to(y_w.dtype)[:, None]  # fold in 1 / (gh * gw)
-    y_at, x_at, bag_first = _bag_samples(y_first, x_first, gh, gw, out)
+    bins = torch.arange(ph * pw, device=rois.device)
+    bag_y = y_first[:, None] + (bins // pw)[None, :] * gh[:, None]  # [K, ph*pw]
+    bag_x = x_first[:, None] + (bins % pw)[None, :] * gw[:, None]  # [K, ph*pw]
+    bags = torch.stack(
+        [bag_y, bag_x, gw[:, None].expand_as(bag_y), per_bin[:, None].expand_as(bag_y)], dim=-1
+    ).reshape(-1, 4)  # [K*ph*pw, 4]
+    return _AdaptiveSamples(y_rows, y_w, x_idx, x_w, bags)
+
+
+def _bag_samples(samples: _AdaptiveSamples, bags: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Rows, weights and offsets of ``embedding_bag`` for some bags (variable lengths).
+
+    Args:
+        samples: the corners of all RoIs (:func:`_adaptive_grid_bags`).
+        bags: [B, 4] rows of ``samples.bags``, consecutive bags.
+    Returns:
+        rows, weights: [T * 4], the 4 corners of the T samples of these bags, bag after bag,
+            each bag's samples ordered (gy, gx).
+        offsets: [B] where each bag starts in ``rows``.
+    """
+    bag_size = bags[:, 3]  # [B]
+    bag_first = torch.cumsum(bag_size, 0) - bag_size  # [B] where each bag starts among T
+    info = torch.cat([bags[:, :3], bag_first[:, None]], dim=1)  # [B, 4]
+    total = int(bag_size.sum())  # sync: the number of samples decides the size of the result
+    # one gather copies each bag's 4 numbers to all of its samples
+    per_sample = info[_owners(bag_size, total)]  # [T, 4]
+    local = torch.arange(total, device=bags.device) - per_sample[:, 3]  # [T]
+    gy, gx = local // per_sample[:, 2], local % per_sample[:, 2]
+    y_at, x_at = per_sample[:, 0] + gy, per_sample[:, 1] + gx  # [T] indices into the lists
     # corner-major [2, T] gathers then one stack: 1-D ops on T, no broadcast over 2 x 2 dims
-    y_lo_hi, x_lo_hi = y_rows.T.index_select(1, y_at), x_idx.T.index_select(1, x_at)  # [2, T]
-    wy, wx = y_w.T.index_select(1, y_at), x_w.T.index_select(1, x_at)  # [2, T]
+    y_lo_hi = samples.y_rows.T.index_select(1, y_at)  # [2, T]
+    x_lo_hi = samples.x_index.T.index_select(1, x_at)  # [2, T]
+    wy = samples.y_weights.T.index_select(1, y_at)  # [2, T]
+    wx = samples.x_weights.T.index_select(1, x_at)  # [2, T]
     corners = [(cy, cx) for cy in range(2) for cx in range(2)]
     rows = torch.stack([y_lo_hi[cy] + x_lo_hi[cx] for cy, cx in corners], dim=1)  # [T, 4]
     weights = torch.stack([wy[cy] * wx[cx] for cy, cx in corners], dim=1)  # [T, 4]
-    return rows.reshape(-1), weights.reshape(-1), (4 * bag_first).to(index_dtype)
+    return rows.reshape(-1), weights.reshape(-1), (4 * bag_first).to(rows.dtype)
+
+
+def _bag_chunks(bag_size: Tensor) -> list[tuple[int, int]]:
+    """Consecutive ranges of bags with about ``SAMPLE_BUDGET`` samples each (at least one bag).
+
+    A range holds the bags that end within one multiple of the budget, so it has at most
+    SAMPLE_BUDGET samples plus those of its first bag. Always returns at least one range.
+    """
+    ends = torch.cumsum(bag_size, 0)  # [B] samples up to the end of each bag
+    total = int(ends[-1]) if len(ends) else 0  # sync: the sizes decide the chunks
+    if total <= SAMPLE_BUDGET:
+        return [(0, len(bag_size))]
+    marks = torch.arange(1, -(-total // SAMPLE_BUDGET), device=ends.device) * SAMPLE_BUDGET
+    cuts = torch.searchsorted(ends, marks, right=True).tolist()  # sync: bags before each mark
+    bounds = sorted({0, *cuts, len(bag_size)})
+    return list(zip(bounds[:-1], bounds[1:]))
 
 
 def _check_rois(input: Tensor, rois: Tensor) -> None:
+    """Raise ValueError unless ``rois`` [K, 5] match ``input`` and hold usable numbers.
+
+    One host synchronisation per call (skipped for K = 0): whether to raise depends on the
+    values. It checks that batch indices are integers of existing images (a bad one would
+    read another image's rows) and that coordinates are finite (a NaN or inf turns into a
+    garbage table row or into a sample count of zero or 2**63). Under ``torch.jit.trace`` or
+    ``torch.compile`` this branch on data is baked in or breaks the graph.
+    """
     if rois.dtype != input.dtype:
         raise ValueError(f"boxes must have the input's dtype {input.dtype}, got {rois.dtype}")
     if rois.device != input.device:
@@ -273,13 +351,71 @@ def _check_rois(input: Tensor, rois: Tensor) -> None:
     if rois.shape[0] == 0:
         return
     ids = rois[:, 0]
-    # one sync: a bad batch index would otherwise read another image's rows without an error
-    bad = (ids < 0) | (ids >= input.shape[0]) | (ids != ids.floor())
-    if bool(bad.any()):
+    bad = (ids < 0) | (ids >= input.shape[0]) | (ids != ids.floor())  # NaN != NaN: bad too
+    flags = torch.stack([bad.any(), torch.isfinite(rois[:, 1:]).all()])
+    bad_ids, finite = flags.tolist()  # sync: one transfer for both checks
+    if bad_ids:
         raise ValueError(
             f"boxes' batch indices must be integers in [0, {input.shape[0] - 1}], "
             f"got {ids[bad][:5].tolist()}"
         )
+    if not finite:
+        bad_rows = (~torch.isfinite(rois[:, 1:])).any(dim=1).nonzero().squeeze(1)
+        raise ValueError(
+            f"boxes must have finite coordinates (no NaN or inf), got rows "
+            f"{bad_rows[:5].tolist()}: {rois[bad_rows[:5]].tolist()}"
+        )
+
+
+def _pool_chunk(table: Tensor, bags: Callable[[], tuple]) -> Tensor:
+    """[B, C] the weighted sums of the bags that ``bags()`` builds: (rows, weights, offsets)."""
+    with torch.no_grad():  # RoIs get no gradient, as in torchvision
+        rows, weights, offsets = bags()
+    return F.embedding_bag(rows, table, offsets, mode="sum", per_sample_weights=weights)
+
+
+def _pooled_bins(
+    table: Tensor,
+    rois: Tensor,
+    shape: tuple[int, int],
+    out: tuple[int, int],
+    spatial_scale: float,
+    sampling_ratio: int,
+    aligned: bool,
+    index_dtype: torch.dtype,
+) -> Tensor:
+    """[K*ph*pw, C] every (RoI, bin)'s average of bilinear samples from ``table`` [N*H*W, C].
+
+    The samples are gathered in chunks of about ``SAMPLE_BUDGET`` samples, each by one
+    ``embedding_bag`` call. With several chunks and a table that needs a gradient, each chunk
+    is checkpointed: ``embedding_bag`` would keep ~64 bytes per sample for its backward (rows,
+    weights, each row's bag), so a huge RoI's gradient would need many GB; instead the backward
+    rebuilds one chunk's bags at a time.
+    """
+    (ph, pw), k = out, rois.shape[0]
+    if sampling_ratio > 0:
+        grid = sampling_ratio
+        step = max(1, SAMPLE_BUDGET // max(1, ph * pw * grid * grid))  # RoIs per chunk
+        bags = [
+            lambda r=rois[i : i + step]: (
+                *_fixed_grid_bags(r, shape, out, grid, spatial_scale, aligned, index_dtype),
+                None,
+            )
+            for i in range(0, max(k, 1), step)  # one (maybe empty) chunk at least
+        ]
+    else:
+        with torch.no_grad():
+            samples = _adaptive_grid_bags(rois, shape, out, spatial_scale, aligned, index_dtype)
+            ranges = _bag_chunks(samples.bags[:, 3])
+        bags = [lambda b=samples.bags[i:j]: _bag_samples(samples, b) for i, j in ranges]
+    if len(bags) > 1 and table.requires_grad and torch.is_grad_enabled():
+        pieces = [
+            checkpoint(_pool_chunk, table, chunk, use_reentrant=False, preserve_rng_state=False)
+            for chunk in bags
+        ]
+    else:
+        pieces = [_pool_chunk(table, chunk) for chunk in bags]
+    return torch.cat(pieces) if len(pieces) > 1 else pieces[0]  # [K*ph*pw, C]
 
 
 def roi_align(
@@ -303,42 +439,60 @@ def roi_align(
         aligned: shift boxes by -0.5 feature pixel so that samples hit pixel centres.
 
     Returns:
-        [K, C, ph, pw] contiguous, the average of each bin's bilinear samples.
+        [K, C, ph, pw] contiguous, the average of each bin's bilinear samples, in the dtype of
+        ``input``.
 
-    Memory: the forward holds 4 corners x (index + weight) per sample, i.e. K*ph*pw*gh*gw*32
-    bytes in float32 (3.2 MB for 512 RoIs, 7 x 7 bins, 2 x 2 samples), besides the channels-last
-    copy of ``input`` and the output. With the adaptive ratio the sample count follows the RoI
-    area in feature pixels (about h*w per RoI), so huge RoIs on a fine map cost much memory.
+    float16 and bfloat16 inputs are computed in float32 (sample positions, sums and the
+    gradient's scatter) and the result is cast back, as torchvision does under autocast. Under
+    autocast, like torchvision's autocast kernel, float16/bfloat16/float32 ``input`` and
+    ``boxes`` are cast to float32 (float64 is left alone) and the result has ``input``'s dtype.
+
+    Memory: 4 corners x (index + weight) per sample, i.e. K*ph*pw*gh*gw*32 bytes in float32
+    (3.2 MB for 512 RoIs, 7 x 7 bins, 2 x 2 samples), besides the channels-last copy of
+    ``input`` and the output; the forward's temporaries are bounded by chunks of about
+    ``SAMPLE_BUDGET`` samples (more if one bin alone has more samples). With the adaptive ratio
+    the sample count follows the RoI area in feature pixels, about h*w per RoI; with autograd
+    the rows and weights of all samples are kept for the backward.
     """
     _check_input(input)
-    rois = convert_boxes_to_roi_format(boxes)
-    _check_rois(input, rois)
     out = _pair(output_size)
+    spatial_scale = _real("spatial_scale", spatial_scale)
+    sampling_ratio = _integer("sampling_ratio", sampling_ratio, "an int (<= 0: adaptive)")
+    rois = convert_boxes_to_roi_format(boxes)
+    result_dtype = input.dtype
+    input, rois = autocast_float32(input, rois)  # what torchvision's autocast kernel does
+    _check_rois(input, rois)
+    # sums of 4 * gh * gw terms lose digits in 16 bits: pool float16/bfloat16 in float32
+    compute_dtype = torch.float32 if input.dtype in LOW_PRECISION else input.dtype
+    rois = rois.to(compute_dtype)
     n, c, height, width = input.shape
     num_rois = rois.shape[0]
+    if c == 0:  # as torchvision: an empty result, still part of the graph
+        return input.reshape(-1)[:0].reshape(num_rois, 0, *out).to(result_dtype)
     if n * height * width == 0:  # nothing to sample from
-        return input.new_zeros((num_rois, c, *out))
+        return input.new_zeros((num_rois, c, *out), dtype=result_dtype)
     # rows must be contiguous: for N = 1 the reshape alone is a strided view (C stride H*W),
-    # and gathering such rows is several times slower; channels_last input costs no copy
-    table = input.permute(0, 2, 3, 1).reshape(n * height * width, c).contiguous()  # [N*H*W, C]
+    # and gathering such rows is several times slower. One copy makes the table (converting
+    # float16 on the way); channels_last input of the compute dtype needs none.
+    nhwc = input.permute(0, 2, 3, 1)  # [N, H, W, C]
+    if not (nhwc.is_contiguous() and nhwc.dtype == compute_dtype):
+        nhwc = nhwc.new_empty(nhwc.shape, dtype=compute_dtype).copy_(nhwc)
+    table = nhwc.reshape(n * height * width, c)  # [N*H*W, C]
     index_dtype = _index_dtype(n, (height, width))
-    with torch.no_grad():  # RoIs get no gradient, as in torchvision
-        rois = rois.detach()
-        if sampling_ratio > 0:
-            rows, weights = _fixed_grid_bags(
-                rois, (height, width), out, sampling_ratio, spatial_scale, aligned, index_dtype
-            )
-            offsets = None
-        else:
-            rows, weights, offsets = _adaptive_grid_bags(
-                rois, (height, width), out, spatial_scale, aligned, index_dtype
-            )
-    pooled = F.embedding_bag(
-        rows, table, offsets, mode="sum", per_sample_weights=weights
-    )  # [K*ph*pw, C]
+    with autocast_off(input.device.type):  # the dtypes are settled above
+        pooled = _pooled_bins(
+            table,
+            rois.detach(),
+            (height, width),
+            out,
+            spatial_scale,
+            sampling_ratio,
+            aligned,
+            index_dtype,
+        )
     # a 3-D transpose copies about 3x faster than the equivalent 4-D permute
     pooled = pooled.reshape(num_rois, out[0] * out[1], c).transpose(1, 2).contiguous()
-    return pooled.reshape(num_rois, c, *out)  # [K, C, ph, pw]
+    return pooled.reshape(num_rois, c, *out).to(result_dtype)  # [K, C, ph, pw]
 
 
 class RoIAlign(nn.Module):
