@@ -172,3 +172,16 @@ def test_metrics_reach_tensorboard_when_it_imports(tmp_path, monkeypatch):
     monkeypatch.setattr(metrics_log, "_summary_writer", lambda folder: FakeWriter())
     train(tiny_model(), shapes("train", 2), iterations=1, out_dir=tmp_path, **FAST)
     assert ("train/loss_classifier", 1) in scalars and scalars[-1] == ("closed", None)
+
+
+def test_train_puts_an_eval_mode_model_into_training_mode(tmp_path):
+    """A model loaded for inference (eval mode) still trains: train() switches the mode."""
+    model = tiny_model().eval()
+    result = train(model, shapes("train", 4), iterations=2, out_dir=tmp_path, **FAST)
+    assert result.iteration == 2 and model.training
+
+
+def test_checkpoints_are_readable_by_others(tmp_path):
+    model = tiny_model()
+    train(model, shapes("train", 4), iterations=1, out_dir=tmp_path, **FAST)
+    assert (tmp_path / "last.pt").stat().st_mode & 0o777 == 0o644

@@ -49,6 +49,10 @@ MODEL_BUILDERS: dict[str, Callable[..., nn.Module]] = {
 _CLS_SCORE_KEY = "roi_heads.box_predictor.cls_score.weight"
 
 
+#: Permissions of a written checkpoint (rw-r--r--, like any file ``torch.save`` creates).
+CHECKPOINT_MODE = 0o644
+
+
 class CheckpointError(ValueError):
     """A file that is not a usable rcnn_lab checkpoint."""
 
@@ -167,6 +171,7 @@ def save_checkpoint(state: dict, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.fchmod(fd, CHECKPOINT_MODE)  # mkstemp makes 0600 files: others could not read them
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(state, f)

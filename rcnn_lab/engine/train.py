@@ -104,7 +104,7 @@ class _Trainer:
     def __init__(self, model, train_data, val_data, cfg: TrainConfig, info):
         self.cfg, self.info, self.device = cfg, info, info.device
         self.train_data, self.val_data = train_data, val_data
-        self.module = model.to(self.device)
+        self.module = model.to(self.device).train()  # a loaded model comes in eval mode
         self.model = distributed.wrap_model(self.module, info)
         self.sampler = distributed.make_sampler(train_data, cfg.seed, info)
         self.iters_per_epoch = math.ceil(len(self.sampler) / cfg.batch_size)
