@@ -78,6 +78,8 @@ lab: install
 bench: install
 	$(BIN)/python benchmarks/bench_nms.py
 	$(BIN)/python benchmarks/bench_roi_align.py
+	$(BIN)/python benchmarks/bench_roi_pool.py
+	$(BIN)/python benchmarks/bench_nms_adversarial.py
 
 clean:
 	rm -rf _build .pytest_cache .ruff_cache
