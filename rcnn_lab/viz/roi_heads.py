@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import inspect
 import re
+from collections.abc import Callable
 
 import matplotlib.pyplot as plt
 import torch
@@ -24,6 +25,23 @@ HEAD_OUTPUT_STD = {
     "roi_heads.box_predictor.cls_score": 2.0,
     "roi_heads.box_predictor.bbox_pred": 0.2,
 }
+
+
+def build_in_float64(builder: Callable[..., nn.Module], **kwargs) -> nn.Module:
+    """``builder(**kwargs)`` with every random weight drawn in float64, returned in float32.
+
+    float32 normal draws (``kaiming_normal_``, ``normal_``) take a vectorised path with AVX2
+    kernels and a scalar one with generic kernels, which differ in the last bit; float64 draws
+    are the same on every CPU, and rounding them to float32 is exact arithmetic. So a chapter's
+    random model, and every number printed from it, is the same on any machine.
+    """
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        model = builder(**kwargs)
+    finally:
+        torch.set_default_dtype(previous)
+    return model.float()
 
 
 def calibrate_batchnorm(model: nn.Module, images: list[Tensor], targets: list[dict]) -> None:
