@@ -29,7 +29,7 @@ FPN_ANCHOR_SIZES = ((32,), (64,), (128,), (256,), (512,))
 ASPECT_RATIOS = (0.5, 1.0, 2.0)
 #: Width of the TwoMLPHead representation (FPN, Sec. 4.2, "two 1024-d fc layers").
 REPRESENTATION_SIZE = 1024
-#: The keyword arguments FasterRCNN forwards to GeneralizedRCNNTransform through **kwargs.
+#: The keyword arguments FasterRCNN forwards to GeneralizedRCNNTransform through ``**kwargs``.
 TRANSFORM_KEYWORDS = ("size_divisible", "fixed_size", *EXTRA_KEYWORDS)
 
 
