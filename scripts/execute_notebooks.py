@@ -13,12 +13,16 @@ For every notebook it
   4. merges consecutive stream outputs and resolves carriage returns the way nbval does, so the
      stored text is exactly what nbval will produce on re-execution;
   5. renames the widget models (random uuid4s in the kernel) to ids derived from the chapter's
-     name and the models' order, so re-executing an unchanged chapter leaves the file unchanged.
+     name and the models' order, and keeps a cell's previous outputs when the new ones differ
+     only where ``sanitize.cfg`` masks them (timings), so re-executing an unchanged chapter
+     leaves the file unchanged.
 """
 
 from __future__ import annotations
 
 import argparse
+import configparser
+import copy
 import hashlib
 import json
 import re
@@ -149,10 +153,44 @@ def stabilise_widget_ids(nb: nbformat.NotebookNode, name: str = "") -> None:
     nb.update(renamed)
 
 
+def sanitizers(path: Path = ROOT / "sanitize.cfg") -> list[tuple[re.Pattern, str]]:
+    """The (regex, replacement) pairs of nbval's sanitizer file, in file order."""
+    parser = configparser.ConfigParser()
+    parser.read(path)
+    return [(re.compile(parser[s]["regex"]), parser[s]["replace"]) for s in parser.sections()]
+
+
+def _sanitised(outputs: list, rules: list[tuple[re.Pattern, str]]) -> str:
+    """``outputs`` as JSON text with every sanitizer rule applied (what nbval compares)."""
+    text = json.dumps(outputs, sort_keys=True)
+    for regex, replacement in rules:
+        text = regex.sub(replacement, text)
+    return re.sub(r"[ \t]+", " ", text)  # a masked number's width moves the padding around it
+
+
+def keep_unchanged_outputs(old: nbformat.NotebookNode, new: nbformat.NotebookNode) -> None:
+    """Give each cell of ``new`` its ``old`` outputs where they differ only in masked text.
+
+    A chapter that prints a timing would otherwise change its file at every execution even
+    though nbval, which masks timings, sees no difference.
+    """
+    rules = sanitizers()
+    old_cells = [c for c in old.cells if c.cell_type == "code"]
+    new_cells = [c for c in new.cells if c.cell_type == "code"]
+    if len(old_cells) != len(new_cells):
+        return
+    for before, after in zip(old_cells, new_cells):
+        if before.source != after.source or before.outputs == after.outputs:
+            continue
+        if _sanitised(before.outputs, rules) == _sanitised(after.outputs, rules):
+            after.outputs = before.outputs
+
+
 def execute(path: Path, timeout: int = 900) -> float:
     """Execute one notebook in place; returns the seconds it took."""
     nb = nbformat.read(path, as_version=4)
     ensure_colab_cell(nb)
+    previous = copy.deepcopy(nb)
     client = NotebookClient(
         nb,
         timeout=timeout,
@@ -166,6 +204,7 @@ def execute(path: Path, timeout: int = 900) -> float:
     client.execute()
     elapsed = time.perf_counter() - start
     clean(nb, path.name)
+    keep_unchanged_outputs(previous, nb)
     nbformat.validate(nb)
     nbformat.write(nb, path)
     return elapsed

@@ -85,3 +85,18 @@ def test_stabilise_widget_ids_renames_consistently(executor):
     top = nb.cells[0].outputs[0]["data"][executor.WIDGET_VIEW_MIME]["model_id"]
     (child,) = state[top]["state"]["children"]
     assert child.removeprefix("IPY_MODEL_") in state and child != f"IPY_MODEL_{top}"
+
+
+def test_masked_differences_keep_the_stored_outputs(executor):
+    def notebook(text):
+        cell = nbformat.v4.new_code_cell("print(t)")
+        cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text=text)]
+        return nbformat.v4.new_notebook(cells=[cell])
+
+    old = notebook("forward 68.8 ms, 3 boxes\n")
+    timing_only = notebook("forward  5.1 ms, 3 boxes\n")  # right-aligned: padding moves too
+    executor.keep_unchanged_outputs(old, timing_only)
+    assert timing_only.cells[0].outputs[0]["text"] == "forward 68.8 ms, 3 boxes\n"
+    real_change = notebook("forward 45.1 ms, 4 boxes\n")
+    executor.keep_unchanged_outputs(old, real_change)
+    assert real_change.cells[0].outputs[0]["text"] == "forward 45.1 ms, 4 boxes\n"
