@@ -9,20 +9,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rcnn_lab.ops.roi_pool import MAX_FLOOR, RoIPool, roi_pool
+from tests.test_roi_align import random_rois
 
 #: float32 gradients are sums of several output gradients; the kernels add them in the same
 #: order, so they agree bit for bit in practice, but only a rounding tolerance is promised
 GRAD_F32_TOL = {"atol": 1e-6, "rtol": 1e-6}
-
-
-def random_rois(k: int, n: int, height: int, width: int, scale: float, seed: int, dtype):
-    """[K, 5] RoIs in image pixels: some inside, some partly or fully outside the map."""
-    g = torch.Generator().manual_seed(seed)
-    img = torch.tensor([width / scale, height / scale], dtype=torch.float64)
-    xy = torch.rand(k, 2, generator=g, dtype=torch.float64) * img * 1.4 - img * 0.2
-    wh = torch.rand(k, 2, generator=g, dtype=torch.float64) * img * 0.6
-    ids = torch.randint(0, n, (k, 1), generator=g).to(torch.float64)
-    return torch.cat([ids, xy, xy + wh], dim=1).to(dtype)
 
 
 def adversarial_rois(height: int, width: int, dtype) -> torch.Tensor:
