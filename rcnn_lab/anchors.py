@@ -19,6 +19,12 @@ from torch import Tensor, nn
 
 from rcnn_lab.image_list import ImageList
 
+#: The anchor sizes of the FPN detectors in pixels, one per level P2..P6 (FPN, Sec. 4.1) in the
+#: ResNet-50-FPN models, all five on each level in the MobileNet ones.
+FPN_SIZES = (32, 64, 128, 256, 512)
+#: Height / width ratios of the anchors at every location (Faster R-CNN, Sec. 3.1.1).
+ASPECT_RATIOS = (0.5, 1.0, 2.0)
+
 # Grid anchors are cached per (level, grid, stride, dtype, device); training with many image
 # sizes would grow the cache without bound, so only the most recent entries are kept.
 _MAX_CACHED_GRIDS = 32
@@ -62,7 +68,7 @@ class AnchorGenerator(nn.Module):
     def __init__(
         self,
         sizes: Sequence = ((128, 256, 512),),
-        aspect_ratios: Sequence = ((0.5, 1.0, 2.0),),
+        aspect_ratios: Sequence = (ASPECT_RATIOS,),
     ) -> None:
         super().__init__()
         sizes, aspect_ratios = _as_levels(sizes, aspect_ratios)
@@ -185,3 +191,10 @@ class AnchorGenerator(nn.Module):
             per_level.append(self._level_anchors(level, cell, (height, width), stride))
         # torch.cat copies, so every image owns its tensor and the cache stays untouched
         return [torch.cat(per_level) for _ in range(len(image_list.image_sizes))]
+
+
+def fpn_anchor_generator(sizes_per_level: Sequence[Sequence[int]]) -> AnchorGenerator:
+    """An AnchorGenerator with the given sizes on each level and :data:`ASPECT_RATIOS` on all."""
+    return AnchorGenerator(
+        tuple(tuple(sizes) for sizes in sizes_per_level), (ASPECT_RATIOS,) * len(sizes_per_level)
+    )

@@ -79,6 +79,8 @@ class BackboneWithFPN(nn.Module):
 
     Attributes:
         out_channels: D, read by the RPN and RoI heads.
+        featmap_names: the names of the returned levels, in order (e.g. "0".."3", "pool"), or
+            None when an extra block does not declare its names.
     """
 
     def __init__(
@@ -100,6 +102,15 @@ class BackboneWithFPN(nn.Module):
         )
         self.out_channels = out_channels
 
+    @property
+    def featmap_names(self) -> list[str] | None:
+        """Names of the levels :meth:`forward` returns, known without running it."""
+        extra = self.fpn.extra_blocks
+        extra_names = () if extra is None else getattr(extra, "names", None)
+        if extra_names is None:
+            return None
+        return [*self.body.return_layers.values(), *extra_names]
+
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         """Images [N, 3, H, W] -> ordered dict level name -> [N, D, H_l, W_l]."""
         return self.fpn(self.body(x))
@@ -112,7 +123,7 @@ def _freeze_all_but(module: nn.Module, trainable_prefixes: list[str]) -> None:
             parameter.requires_grad_(False)
 
 
-def _resnet_fpn_extractor(
+def resnet_fpn_extractor(
     backbone: resnet.ResNet,
     trainable_layers: int,
     returned_layers: list[int] | None = None,
@@ -169,12 +180,12 @@ def resnet_fpn_backbone(
         backbone_name: a ResNet builder name, e.g. ``"resnet50"``.
         weights: a torchvision weights enum for the trunk, or None (random init).
         norm_layer: the trunk's norm layer; frozen BN by default (few images per batch).
-        trainable_layers, returned_layers, extra_blocks: see :func:`_resnet_fpn_extractor`.
+        trainable_layers, returned_layers, extra_blocks: see :func:`resnet_fpn_extractor`.
     """
     if backbone_name not in resnet.__all__ or not backbone_name[0].islower():
         raise ValueError(f"backbone_name: expected a ResNet builder name, got {backbone_name!r}")
     trunk = getattr(resnet, backbone_name)(weights=weights, norm_layer=norm_layer)
-    return _resnet_fpn_extractor(trunk, trainable_layers, returned_layers, extra_blocks)
+    return resnet_fpn_extractor(trunk, trainable_layers, returned_layers, extra_blocks)
 
 
 def _validate_trainable_layers(
@@ -216,7 +227,7 @@ def _mobilenet_stage_starts(features: nn.Sequential) -> list[int]:
     return [0, *strided, len(features) - 1]
 
 
-def _mobilenet_extractor(
+def mobilenet_extractor(
     backbone: mobilenet.MobileNetV2 | mobilenet.MobileNetV3,
     fpn: bool,
     trainable_layers: int,
@@ -283,10 +294,10 @@ def mobilenet_backbone(
 ) -> nn.Module:
     """Build ``torchvision.models.<backbone_name>`` (a MobileNet) and cut it for detection.
 
-    See :func:`_mobilenet_extractor` for ``fpn``, ``trainable_layers``, ``returned_layers``
+    See :func:`mobilenet_extractor` for ``fpn``, ``trainable_layers``, ``returned_layers``
     and ``extra_blocks``.
     """
     if backbone_name not in mobilenet.__all__ or not backbone_name[0].islower():
         raise ValueError(f"backbone_name: expected a MobileNet builder name, got {backbone_name!r}")
     trunk = getattr(mobilenet, backbone_name)(weights=weights, norm_layer=norm_layer)
-    return _mobilenet_extractor(trunk, fpn, trainable_layers, returned_layers, extra_blocks)
+    return mobilenet_extractor(trunk, fpn, trainable_layers, returned_layers, extra_blocks)

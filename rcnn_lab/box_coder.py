@@ -22,6 +22,9 @@ from torch import Tensor
 # further, so an untrained head cannot overflow exp() into inf boxes.
 DEFAULT_BBOX_XFORM_CLIP = math.log(1000.0 / 16)
 
+#: The smooth-L1 loss on box deltas (RPN and RoI heads) is quadratic below 1/9 and linear
+#: above: Detectron's sigma = 3, beta = 1/sigma^2.
+SMOOTH_L1_BETA = 1.0 / 9.0
 _COORDS = 4  # x1, y1, x2, y2 -- and likewise dx, dy, dw, dh
 
 

@@ -35,12 +35,12 @@ from torchvision.models.detection import (
     FasterRCNN_ResNet50_FPN_Weights,
 )
 
-from rcnn_lab.anchors import AnchorGenerator
+from rcnn_lab.anchors import FPN_SIZES, fpn_anchor_generator
 from rcnn_lab.backbone import (
     BackboneWithFPN,
-    _mobilenet_extractor,
-    _resnet_fpn_extractor,
     _validate_trainable_layers,
+    mobilenet_extractor,
+    resnet_fpn_extractor,
 )
 from rcnn_lab.faster_rcnn import FasterRCNN, _default_anchor_generator, faster_rcnn_keywords
 from rcnn_lab.frozen_batchnorm import FrozenBatchNorm2d
@@ -57,7 +57,7 @@ RESNET_STAGES, MOBILENET_STAGES = 5, 6
 #: Stages trained by default when starting from pretrained weights.
 DEFAULT_TRAINABLE_STAGES = 3
 #: MobileNet FPN, all five anchor sizes at every one of its 3 levels.
-MOBILENET_ANCHOR_SIZES = ((32, 64, 128, 256, 512),) * 3
+MOBILENET_ANCHOR_SIZES = (FPN_SIZES,) * 3
 
 # --- the small CPU detector (fasterrcnn_small_fpn) ---
 #: ShapesDataset's six shape classes plus the background.
@@ -224,6 +224,47 @@ def _resolve_weights(
     return weights, None, expected
 
 
+def _assemble(
+    backbone: Callable[[int, Callable[..., nn.Module]], nn.Module],
+    *,
+    weights: WeightsEnum | None,
+    weights_backbone: WeightsEnum | None,
+    num_classes: int | None,
+    progress: bool,
+    trainable_backbone_layers: int | None,
+    stages: int | None,
+    parts: Callable[[nn.Module], dict[str, Any]] | None = None,
+    **kwargs: Any,
+) -> FasterRCNN:
+    """The one builder pipeline: trainable stages -> backbone -> FasterRCNN -> weights.
+
+    Args:
+        backbone: ``(trainable stages, norm layer) -> backbone``; the norm layer is
+            FrozenBatchNorm2d when starting from pretrained weights (their statistics stay
+            fixed) and BatchNorm2d from scratch (the trunk learns them).
+        weights, weights_backbone, num_classes, progress: as resolved by _resolve_weights.
+        trainable_backbone_layers, stages: the requested and the available trunk stages
+            (``stages=None``: a trunk without freezing, e.g. the small model's).
+        parts: ``backbone -> extra FasterRCNN arguments`` (anchor generator, heads, pooler).
+        **kwargs: the caller's FasterRCNN arguments (they win over ``parts``).
+    """
+    is_trained = weights is not None or weights_backbone is not None
+    trainable = (
+        _validate_trainable_layers(
+            is_trained, trainable_backbone_layers, stages, DEFAULT_TRAINABLE_STAGES
+        )
+        if stages is not None
+        else 0
+    )
+    norm_layer = FrozenBatchNorm2d if is_trained else nn.BatchNorm2d
+    body = backbone(trainable, norm_layer)
+    arguments = {**(parts(body) if parts is not None else {}), **kwargs}
+    model = FasterRCNN(body, num_classes=num_classes, **arguments)
+    if weights is not None:
+        _load_weights(model, weights, progress)
+    return model
+
+
 @_legacy_interface(FasterRCNN_ResNet50_FPN_Weights.COCO_V1, ResNet50_Weights.IMAGENET1K_V1)
 def fasterrcnn_resnet50_fpn(
     *,
@@ -247,21 +288,26 @@ def fasterrcnn_resnet50_fpn(
     weights, weights_backbone, num_classes = _resolve_weights(
         FasterRCNN_ResNet50_FPN_Weights, weights, ResNet50_Weights, weights_backbone, num_classes
     )
-    is_trained = weights is not None or weights_backbone is not None
-    trainable = _validate_trainable_layers(
-        is_trained, trainable_backbone_layers, RESNET_STAGES, DEFAULT_TRAINABLE_STAGES
+
+    def backbone(trainable: int, norm_layer: Callable[..., nn.Module]) -> nn.Module:
+        trunk = _trunk(resnet50, weights_backbone, progress=progress, norm_layer=norm_layer)
+        return resnet_fpn_extractor(trunk, trainable)
+
+    model = _assemble(
+        backbone,
+        weights=weights,
+        weights_backbone=weights_backbone,
+        num_classes=num_classes,
+        progress=progress,
+        trainable_backbone_layers=trainable_backbone_layers,
+        stages=RESNET_STAGES,
+        **kwargs,
     )
-    # pretrained statistics stay fixed; a trunk trained from scratch learns them (BatchNorm)
-    norm_layer = FrozenBatchNorm2d if is_trained else nn.BatchNorm2d
-    trunk = _trunk(resnet50, weights_backbone, progress=progress, norm_layer=norm_layer)
-    model = FasterRCNN(_resnet_fpn_extractor(trunk, trainable), num_classes=num_classes, **kwargs)
-    if weights is not None:
-        _load_weights(model, weights, progress)
-        if weights == FasterRCNN_ResNet50_FPN_Weights.COCO_V1:
-            # these weights were trained before torchvision added eps to FrozenBatchNorm2d
-            for module in model.modules():
-                if isinstance(module, FrozenBatchNorm2d):
-                    module.eps = 0.0
+    if weights == FasterRCNN_ResNet50_FPN_Weights.COCO_V1:
+        # these weights were trained before torchvision added eps to FrozenBatchNorm2d
+        for module in model.modules():
+            if isinstance(module, FrozenBatchNorm2d):
+                module.eps = 0.0
     return model
 
 
@@ -282,56 +328,66 @@ def fasterrcnn_resnet50_fpn_v2(
     weights, weights_backbone, num_classes = _resolve_weights(
         FasterRCNN_ResNet50_FPN_V2_Weights, weights, ResNet50_Weights, weights_backbone, num_classes
     )
-    is_trained = weights is not None or weights_backbone is not None
-    trainable = _validate_trainable_layers(
-        is_trained, trainable_backbone_layers, RESNET_STAGES, DEFAULT_TRAINABLE_STAGES
-    )
-    trunk = _trunk(resnet50, weights_backbone, progress=progress)
-    backbone = _resnet_fpn_extractor(trunk, trainable, norm_layer=nn.BatchNorm2d)
-    anchor_generator = _default_anchor_generator()
-    rpn_head = RPNHead(
-        backbone.out_channels, anchor_generator.num_anchors_per_location()[0], conv_depth=2
-    )
-    box_head = FastRCNNConvFCHead(
-        (backbone.out_channels, 7, 7), [256, 256, 256, 256], [1024], norm_layer=nn.BatchNorm2d
-    )
-    model = FasterRCNN(
+
+    def backbone(trainable: int, norm_layer: Callable[..., nn.Module]) -> nn.Module:
+        # v2 trains BatchNorm everywhere, pretrained trunk or not
+        trunk = _trunk(resnet50, weights_backbone, progress=progress)
+        return resnet_fpn_extractor(trunk, trainable, norm_layer=nn.BatchNorm2d)
+
+    def parts(body: nn.Module) -> dict[str, Any]:
+        anchor_generator = _default_anchor_generator()
+        num_anchors = anchor_generator.num_anchors_per_location()[0]
+        return {
+            "rpn_anchor_generator": anchor_generator,
+            "rpn_head": RPNHead(body.out_channels, num_anchors, conv_depth=2),
+            "box_head": FastRCNNConvFCHead(
+                (body.out_channels, ROI_OUTPUT_SIZE, ROI_OUTPUT_SIZE),
+                [256, 256, 256, 256],
+                [1024],
+                norm_layer=nn.BatchNorm2d,
+            ),
+        }
+
+    return _assemble(
         backbone,
+        weights=weights,
+        weights_backbone=weights_backbone,
         num_classes=num_classes,
-        rpn_anchor_generator=anchor_generator,
-        rpn_head=rpn_head,
-        box_head=box_head,
+        progress=progress,
+        trainable_backbone_layers=trainable_backbone_layers,
+        stages=RESNET_STAGES,
+        parts=parts,
         **kwargs,
     )
-    if weights is not None:
-        _load_weights(model, weights, progress)
-    return model
 
 
 def _fasterrcnn_mobilenet_v3_large_fpn(
     weights: WeightsEnum | None,
     progress: bool,
-    num_classes: int,
+    num_classes: int | None,
     weights_backbone: WeightsEnum | None,
     trainable_backbone_layers: int | None,
     **kwargs: Any,
 ) -> FasterRCNN:
     """The shared body of the two MobileNetV3-Large FPN builders."""
-    is_trained = weights is not None or weights_backbone is not None
-    trainable = _validate_trainable_layers(
-        is_trained, trainable_backbone_layers, MOBILENET_STAGES, DEFAULT_TRAINABLE_STAGES
+
+    def backbone(trainable: int, norm_layer: Callable[..., nn.Module]) -> nn.Module:
+        trunk = _trunk(
+            mobilenet_v3_large, weights_backbone, progress=progress, norm_layer=norm_layer
+        )
+        return mobilenet_extractor(trunk, True, trainable)
+
+    return _assemble(
+        backbone,
+        weights=weights,
+        weights_backbone=weights_backbone,
+        num_classes=num_classes,
+        progress=progress,
+        trainable_backbone_layers=trainable_backbone_layers,
+        stages=MOBILENET_STAGES,
+        parts=lambda body: {"rpn_anchor_generator": fpn_anchor_generator(MOBILENET_ANCHOR_SIZES)},
+        **kwargs,
     )
-    norm_layer = FrozenBatchNorm2d if is_trained else nn.BatchNorm2d
-    trunk = _trunk(mobilenet_v3_large, weights_backbone, progress=progress, norm_layer=norm_layer)
-    backbone = _mobilenet_extractor(trunk, True, trainable)
-    ratios = (0.5, 1.0, 2.0)
-    anchor_generator = AnchorGenerator(
-        MOBILENET_ANCHOR_SIZES, (ratios,) * len(MOBILENET_ANCHOR_SIZES)
-    )
-    model = FasterRCNN(backbone, num_classes, rpn_anchor_generator=anchor_generator, **kwargs)
-    if weights is not None:
-        _load_weights(model, weights, progress)
-    return model
 
 
 @_legacy_interface(
@@ -435,20 +491,32 @@ def fasterrcnn_small_fpn(
         **kwargs: passed to :class:`FasterRCNN`; they override the small defaults
             (``SMALL_DEFAULTS``: 160 px images, fewer proposals and sampled RoIs).
     """
-    trunk = SmallTrunk(widths)
-    return_layers = {f"layer{i}": str(i - 1) for i in range(1, 5)}
-    backbone = BackboneWithFPN(trunk, return_layers, trunk.stage_channels, fpn_channels)
-    ratios = (0.5, 1.0, 2.0)
-    anchor_generator = AnchorGenerator(SMALL_ANCHOR_SIZES, (ratios,) * len(SMALL_ANCHOR_SIZES))
-    pooler = MultiScaleRoIAlign(
-        ["0", "1", "2", "3"], ROI_OUTPUT_SIZE, 2, canonical_scale=SMALL_CANONICAL_SCALE
-    )
-    box_head = TwoMLPHead(fpn_channels * ROI_OUTPUT_SIZE**2, representation_size)
-    return FasterRCNN(
+
+    def backbone(trainable: int, norm_layer: Callable[..., nn.Module]) -> nn.Module:
+        trunk = SmallTrunk(widths)  # trainable BatchNorm, nothing frozen
+        return_layers = {f"layer{i}": str(i - 1) for i in range(1, 5)}
+        return BackboneWithFPN(trunk, return_layers, trunk.stage_channels, fpn_channels)
+
+    def parts(body: nn.Module) -> dict[str, Any]:
+        pooler = MultiScaleRoIAlign(
+            ["0", "1", "2", "3"], ROI_OUTPUT_SIZE, 2, canonical_scale=SMALL_CANONICAL_SCALE
+        )
+        return {
+            **SMALL_DEFAULTS,
+            "rpn_anchor_generator": fpn_anchor_generator(SMALL_ANCHOR_SIZES),
+            "box_roi_pool": pooler,
+            "box_head": TwoMLPHead(fpn_channels * ROI_OUTPUT_SIZE**2, representation_size),
+            "box_predictor": FastRCNNPredictor(representation_size, num_classes),
+        }
+
+    return _assemble(
         backbone,
-        rpn_anchor_generator=anchor_generator,
-        box_roi_pool=pooler,
-        box_head=box_head,
-        box_predictor=FastRCNNPredictor(representation_size, num_classes),
-        **{**SMALL_DEFAULTS, **kwargs},
+        weights=None,
+        weights_backbone=None,
+        num_classes=None,
+        progress=False,
+        trainable_backbone_layers=None,
+        stages=None,
+        parts=parts,
+        **kwargs,
     )

@@ -184,8 +184,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     import torch
 
-    from rcnn_lab import cli_commands
-    from rcnn_lab.engine import NonFiniteLossError
+    try:
+        from rcnn_lab import cli_commands
+        from rcnn_lab.engine import NonFiniteLossError
+    except ModuleNotFoundError as e:  # the core install lacks the data extra
+        sys.stderr.write(
+            f"rcnn-lab {args.command}: error: {e.name} is not installed; "
+            "install the data extra: pip install 'rcnn-lab[data]'\n"
+        )
+        return 1
 
     if args.threads is not None:
         if args.threads < 1:

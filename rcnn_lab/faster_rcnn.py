@@ -10,13 +10,15 @@ Shapes: N images, G ground-truth boxes of an image, M detections of an image, C 
 from __future__ import annotations
 
 import inspect
+import warnings
 from collections import OrderedDict
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from rcnn_lab.anchors import AnchorGenerator
+from rcnn_lab import checks
+from rcnn_lab.anchors import FPN_SIZES, AnchorGenerator, fpn_anchor_generator
 from rcnn_lab.ops.poolers import MultiScaleRoIAlign
 from rcnn_lab.roi_heads import FastRCNNPredictor, RoIHeads, TwoMLPHead
 from rcnn_lab.rpn import RegionProposalNetwork, RPNHead
@@ -25,8 +27,7 @@ from rcnn_lab.transform import EXTRA_KEYWORDS, GeneralizedRCNNTransform, reject_
 #: ImageNet statistics of the classification trunks, used to normalise input images.
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 #: One anchor size per FPN level P2..P6 (FPN, Sec. 4.1), three aspect ratios at each.
-FPN_ANCHOR_SIZES = ((32,), (64,), (128,), (256,), (512,))
-ASPECT_RATIOS = (0.5, 1.0, 2.0)
+FPN_ANCHOR_SIZES = tuple((size,) for size in FPN_SIZES)
 #: Width of the TwoMLPHead representation (FPN, Sec. 4.2, "two 1024-d fc layers").
 REPRESENTATION_SIZE = 1024
 #: The keyword arguments FasterRCNN forwards to GeneralizedRCNNTransform through ``**kwargs``.
@@ -105,53 +106,18 @@ def check_inputs(
 ) -> None:
     """Raise ValueError on inputs torchvision would reject, and on non-finite values.
 
-    Images must be [C, H, W] tensors (or one [N, C, H, W] tensor); in training, targets must
-    be given, one per image, each with "boxes" [G, 4] and "labels" [G]. Images and boxes must
-    be free of NaN and inf.
+    Images must be a non-empty list of [C, H, W] float tensors (or one [N, C, H, W] tensor); in
+    training, targets must be given, one per image, each with "boxes" [G, 4] float and
+    "labels" [G] int64. Images and boxes must be free of NaN and inf. The checks, messages and
+    exception types are :mod:`rcnn_lab.checks`'s.
     """
-    if isinstance(images, Tensor) and images.dim() == 4:
-        images = list(images)  # a batch tensor [N, C, H, W] is N images, as in torchvision
-    if not isinstance(images, (list, tuple)) or not all(isinstance(i, Tensor) for i in images):
-        raise ValueError(f"images: expected a list of [C, H, W] tensors, got {type(images)}")
-    for index, image in enumerate(images):
-        if image.dim() != 3:
-            raise ValueError(f"images[{index}]: expected [C, H, W], got {tuple(image.shape)}")
-    # one host sync for the whole batch: a NaN pixel would poison every loss and score
-    if images and not torch.stack([torch.isfinite(img).all() for img in images]).all():
-        raise ValueError("images: found NaN or inf pixel values")
+    images = checks.check_images(images)
+    checks.check_finite_images(images)  # a NaN pixel would poison every loss and score
     if targets is None:
         if training:
-            raise ValueError("targets should not be None in training mode")
+            raise ValueError("targets should not be None in training mode (got None)")
         return
-    if len(targets) != len(images):
-        raise ValueError(f"targets: expected one per image ({len(images)}), got {len(targets)}")
-    for index, target in enumerate(targets):
-        _check_target(index, target)
-
-
-def _check_target(index: int, target: dict[str, Tensor]) -> None:
-    """Validate one image's target dict: boxes [G, 4] float and finite, labels [G]."""
-    boxes = target.get("boxes") if isinstance(target, dict) else None
-    if not isinstance(boxes, Tensor):
-        raise ValueError(
-            f"targets[{index}]['boxes']: expected a Tensor of shape [G, 4], got {type(boxes)}"
-        )
-    if boxes.dim() != 2 or boxes.shape[-1] != 4:
-        raise ValueError(
-            f"targets[{index}]['boxes']: expected a tensor of shape [G, 4], "
-            f"got {tuple(boxes.shape)}"
-        )
-    if not torch.is_floating_point(boxes):
-        raise ValueError(f"targets[{index}]['boxes']: expected a float dtype, got {boxes.dtype}")
-    if not bool(torch.isfinite(boxes).all()):
-        raise ValueError(f"targets[{index}]['boxes']: found NaN or inf coordinates")
-    labels = target.get("labels")
-    if not isinstance(labels, Tensor) or labels.shape != boxes.shape[:1]:
-        shape = tuple(labels.shape) if isinstance(labels, Tensor) else type(labels)
-        raise ValueError(
-            f"targets[{index}]['labels']: expected a tensor of shape [{boxes.shape[0]}], "
-            f"got {shape}"
-        )
+    checks.check_targets(targets, len(images))
 
 
 def check_degenerate_boxes(targets: list[dict[str, Tensor]] | None) -> None:
@@ -169,7 +135,7 @@ def check_degenerate_boxes(targets: list[dict[str, Tensor]] | None) -> None:
 
 def _default_anchor_generator() -> AnchorGenerator:
     """One anchor size per FPN level, three aspect ratios: 3 anchors per location and level."""
-    return AnchorGenerator(FPN_ANCHOR_SIZES, (ASPECT_RATIOS,) * len(FPN_ANCHOR_SIZES))
+    return fpn_anchor_generator(FPN_ANCHOR_SIZES)
 
 
 class FasterRCNN(GeneralizedRCNN):
@@ -202,7 +168,11 @@ class FasterRCNN(GeneralizedRCNN):
         rpn_batch_size_per_image: anchors sampled per image for the RPN losses.
         rpn_positive_fraction: largest share of positives among those anchors.
         rpn_score_thresh: proposals with objectness probability below this are dropped.
-        box_roi_pool: MultiScaleRoIAlign cropping RoI features (None: FPN levels '0'-'3', 7x7).
+        box_roi_pool: module pooling RoI features, called as ``pool(features, proposals,
+            image_shapes) -> [K, D, ph, pw]`` with an ``output_size`` (ph, pw) attribute: a
+            :class:`~rcnn_lab.ops.MultiScaleRoIAlign`, a :class:`~rcnn_lab.ops.MultiScaleRoIPool`
+            or any :class:`~rcnn_lab.ops.MultiScalePooler` (None: RoIAlign on FPN levels '0'-'3',
+            7x7). torchvision accepts only its MultiScaleRoIAlign here.
         box_head: pooled RoI features -> representation (None: TwoMLPHead of width 1024).
         box_predictor: representation -> class logits and per-class deltas (None: a
             FastRCNNPredictor for num_classes).
@@ -239,7 +209,7 @@ class FasterRCNN(GeneralizedRCNN):
         rpn_batch_size_per_image: int = 256,
         rpn_positive_fraction: float = 0.5,
         rpn_score_thresh: float = 0.0,
-        box_roi_pool: MultiScaleRoIAlign | None = None,
+        box_roi_pool: nn.Module | None = None,
         box_head: nn.Module | None = None,
         box_predictor: nn.Module | None = None,
         box_score_thresh: float = 0.05,
@@ -254,8 +224,12 @@ class FasterRCNN(GeneralizedRCNN):
     ) -> None:
         reject_unknown_keywords(type(self).__name__, kwargs, faster_rcnn_keywords())
         _check_parts(backbone, num_classes, rpn_anchor_generator, box_roi_pool, box_predictor)
+        if box_roi_pool is not None and box_head is None:
+            _check_pooler_output_size(box_roi_pool)
+        _check_feature_names(backbone, box_roi_pool)
         out_channels = backbone.out_channels
         anchor_generator = rpn_anchor_generator or _default_anchor_generator()
+        _check_anchor_counts(anchor_generator, rpn_head)
         if rpn_head is None:
             rpn_head = RPNHead(out_channels, anchor_generator.num_anchors_per_location()[0])
         rpn = RegionProposalNetwork(
@@ -324,11 +298,73 @@ def _check_parts(
             "rpn_anchor_generator should be of type AnchorGenerator or None, "
             f"got {type(anchor_generator)}"
         )
-    if not isinstance(box_roi_pool, (MultiScaleRoIAlign, type(None))):
+    if box_roi_pool is not None and not isinstance(box_roi_pool, nn.Module):
         raise TypeError(
-            f"box_roi_pool should be of type MultiScaleRoIAlign or None, got {type(box_roi_pool)}"
+            "box_roi_pool should be None or a pooler module such as MultiScaleRoIAlign, "
+            "MultiScaleRoIPool or another MultiScalePooler (an nn.Module called as "
+            "pool(features, proposals, image_shapes) -> [K, D, ph, pw]), "
+            f"got {type(box_roi_pool)}"
         )
     if num_classes is not None and box_predictor is not None:
         raise ValueError("num_classes should be None when box_predictor is specified")
     if num_classes is None and box_predictor is None:
         raise ValueError("num_classes should not be None when box_predictor is not specified")
+
+
+def _check_pooler_output_size(box_roi_pool: nn.Module) -> None:
+    """The default box head is sized from ``box_roi_pool.output_size``: it must be (ph, pw)."""
+    size = getattr(box_roi_pool, "output_size", None)
+    if (
+        not isinstance(size, (tuple, list))
+        or len(size) != 2
+        or not all(isinstance(v, int) and v > 0 for v in size)
+    ):
+        raise TypeError(
+            "box_roi_pool needs an output_size attribute (ph, pw) of two positive ints to size "
+            f"the default box head, got {size!r} on {type(box_roi_pool).__name__}; "
+            "give it one, or pass box_head= as well"
+        )
+
+
+def _check_feature_names(backbone: nn.Module, box_roi_pool: nn.Module | None) -> None:
+    """A pooler's featmap_names the backbone does not produce: ValueError if none of them is,
+    a warning naming the missing ones otherwise (torchvision skips them silently).
+
+    Only where both declare their names (``backbone.featmap_names``, as
+    :class:`~rcnn_lab.backbone.BackboneWithFPN` does, and ``box_roi_pool.featmap_names``).
+    """
+    produced = getattr(backbone, "featmap_names", None)
+    wanted = getattr(box_roi_pool, "featmap_names", None)
+    if produced is None or wanted is None:
+        return
+    missing = [name for name in wanted if name not in produced]
+    if missing and len(missing) == len(wanted):
+        raise ValueError(
+            f"box_roi_pool.featmap_names {list(wanted)} names no feature map of the backbone, "
+            f"which returns {list(produced)}"
+        )
+    if missing:
+        warnings.warn(
+            f"box_roi_pool.featmap_names lists {missing}, which the backbone does not return "
+            f"(it returns {list(produced)}); those names are skipped",
+            stacklevel=3,
+        )
+
+
+def _check_anchor_counts(anchor_generator: AnchorGenerator, rpn_head: nn.Module | None) -> None:
+    """One RPN head serves every level, so every level needs the same anchors per location
+    (and an explicit head must predict that many); raise ValueError naming the counts."""
+    counts = anchor_generator.num_anchors_per_location()
+    if len(set(counts)) > 1:
+        raise ValueError(
+            f"rpn_anchor_generator gives {counts} anchors per location on its levels, but the "
+            "RPN head predicts the same number on every level: give every level as many "
+            "sizes x aspect ratios"
+        )
+    logits = getattr(rpn_head, "cls_logits", None)
+    predicted = getattr(logits, "out_channels", None)
+    if counts and isinstance(predicted, int) and predicted != counts[0]:
+        raise ValueError(
+            f"rpn_head predicts {predicted} anchors per location (cls_logits.out_channels), "
+            f"but rpn_anchor_generator makes {counts[0]}"
+        )

@@ -48,8 +48,12 @@ class ExtraFPNBlock(nn.Module):
     """Base class of blocks that add levels on top of the pyramid (e.g. P6, or P6 and P7).
 
     ``forward(results, x, names)`` takes the FPN outputs, the trunk's input features and their
-    names, and returns the extended outputs and names.
+    names, and returns the extended outputs and names. ``names`` (a class attribute) lists the
+    levels a block adds, so that their names are known before a forward pass.
     """
+
+    #: Names of the levels this block appends (None when not declared, known only when it runs).
+    names: tuple[str, ...] | None = None
 
     def forward(
         self, results: list[Tensor], x: list[Tensor], names: list[str]
@@ -64,6 +68,8 @@ class LastLevelMaxPool(ExtraFPNBlock):
     A max-pool with a 1x1 window and stride 2 picks every second pixel, nothing more.
     """
 
+    names = ("pool",)
+
     def forward(
         self, results: list[Tensor], x: list[Tensor], names: list[str]
     ) -> tuple[list[Tensor], list[str]]:
@@ -77,6 +83,8 @@ class LastLevelP6P7(ExtraFPNBlock):
 
     P6 is computed from P5 when the channel counts agree, else from C5; P7 = conv(relu(P6)).
     """
+
+    names = ("p6", "p7")
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()

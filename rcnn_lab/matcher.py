@@ -11,8 +11,29 @@ Shapes: G ground-truth boxes, P predictions (anchors or proposals).
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import torch
 from torch import Tensor
+
+#: Match code of a prediction whose best quality is below the low threshold (background).
+BELOW_LOW_THRESHOLD = -1
+#: Match code of a prediction whose best quality lies between the thresholds (ignored).
+BETWEEN_THRESHOLDS = -2
+
+
+class MatcherProtocol(Protocol):
+    """What the RPN and the RoI heads need of a matcher (``proposal_matcher=``).
+
+    Called with a quality matrix [G, P] (G >= 1 ground-truth boxes, P predictions; IoU unless
+    ``box_similarity`` says otherwise), it returns [P] int64: the index in ``0..G-1`` of the
+    ground truth each prediction matches, :data:`BELOW_LOW_THRESHOLD` (-1, background) or
+    :data:`BETWEEN_THRESHOLDS` (-2, ignored).
+    """
+
+    def __call__(self, match_quality_matrix: Tensor) -> Tensor:
+        """[G, P] quality -> [P] int64 match codes."""
+        ...
 
 
 class Matcher:
@@ -30,8 +51,8 @@ class Matcher:
     ground-truth index in ``0..G-1``, ``BELOW_LOW_THRESHOLD`` (-1) or ``BETWEEN_THRESHOLDS`` (-2).
     """
 
-    BELOW_LOW_THRESHOLD = -1
-    BETWEEN_THRESHOLDS = -2
+    BELOW_LOW_THRESHOLD = BELOW_LOW_THRESHOLD
+    BETWEEN_THRESHOLDS = BETWEEN_THRESHOLDS
 
     def __init__(
         self,

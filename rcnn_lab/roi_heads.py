@@ -18,17 +18,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rcnn_lab.box_coder import BoxCoder
-from rcnn_lab.matcher import Matcher
+from rcnn_lab.box_coder import SMOOTH_L1_BETA, BoxCoder
+from rcnn_lab.checks import check_callables, check_label_range, check_targets
+from rcnn_lab.fpn import conv_norm
+from rcnn_lab.matcher import BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS, Matcher, MatcherProtocol
 from rcnn_lab.ops.boxes import batched_nms, box_iou, clip_boxes_to_image, remove_small_boxes
-from rcnn_lab.sampler import BalancedPositiveNegativeSampler
+from rcnn_lab.sampler import BalancedPositiveNegativeSampler, SamplerProtocol
 
 #: Label of the background class, and the label of proposals the sampler must ignore.
 BACKGROUND, IGNORE = 0, -1
 #: Box regression weights (wx, wy, ww, wh) of Fast R-CNN's head, used when none are given.
 DEFAULT_BBOX_REG_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
-#: Smooth-L1 turns from quadratic to linear at abs(x) = 1/9 (Detectron's Fast R-CNN setting).
-SMOOTH_L1_BETA = 1.0 / 9
 #: Boxes narrower or shorter than this (pixels) are dropped before NMS (they cannot be objects).
 MIN_DETECTION_SIZE = 1e-2
 
@@ -55,18 +55,11 @@ class TwoMLPHead(nn.Module):
 def _conv_norm_relu(
     in_channels: int, out_channels: int, norm_layer: Callable[..., nn.Module] | None
 ) -> nn.Sequential:
-    """3x3 'same' convolution, optional normalisation, ReLU; biased only without a norm layer.
-
-    Laid out as a Sequential so the state_dict keys are ``0.weight`` (conv) and ``1.*`` (norm),
-    the layout of torchvision's ``Conv2dNormActivation``.
-    """
-    layers: list[nn.Module] = [
-        nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=norm_layer is None)
-    ]
-    if norm_layer is not None:
-        layers.append(norm_layer(out_channels))
-    layers.append(nn.ReLU(inplace=True))
-    return nn.Sequential(*layers)
+    """:func:`~rcnn_lab.fpn.conv_norm` (3x3) followed by a ReLU: keys ``0.weight`` (conv) and
+    ``1.*`` (norm), the layout of torchvision's ``Conv2dNormActivation``."""
+    return nn.Sequential(
+        *conv_norm(in_channels, out_channels, 3, norm_layer), nn.ReLU(inplace=True)
+    )
 
 
 class FastRCNNConvFCHead(nn.Sequential):
@@ -195,6 +188,18 @@ class RoIHeads(nn.Module):
         mask_roi_pool, mask_head, mask_predictor: accepted for torchvision's signature; Mask
             R-CNN is not implemented, so anything but None raises NotImplementedError.
         keypoint_roi_pool, keypoint_head, keypoint_predictor: the same for Keypoint R-CNN.
+        proposal_matcher: keyword-only; matches proposals to ground truth
+            (:class:`~rcnn_lab.matcher.MatcherProtocol`). None: a :class:`Matcher` with the two
+            thresholds and no low-quality matches, as in torchvision.
+        fg_bg_sampler: keyword-only; picks the RoIs of the losses
+            (:class:`~rcnn_lab.sampler.SamplerProtocol`). None: a
+            :class:`BalancedPositiveNegativeSampler` of ``batch_size_per_image`` and
+            ``positive_fraction``.
+        box_similarity: keyword-only; ``(gt [G, 4], proposals [K_i, 4]) -> [G, K_i]`` quality
+            fed to the matcher. None: :func:`~rcnn_lab.ops.box_iou`.
+
+    The three keyword-only parts are rcnn_lab's addition (torchvision builds them inside and
+    never calls its ``box_similarity``); with the defaults the module is torchvision's.
     """
 
     def __init__(
@@ -216,8 +221,17 @@ class RoIHeads(nn.Module):
         keypoint_roi_pool: nn.Module | None = None,
         keypoint_head: nn.Module | None = None,
         keypoint_predictor: nn.Module | None = None,
+        *,
+        proposal_matcher: MatcherProtocol | None = None,
+        fg_bg_sampler: SamplerProtocol | None = None,
+        box_similarity: Callable[[Tensor, Tensor], Tensor] | None = None,
     ) -> None:
         super().__init__()
+        check_callables(
+            proposal_matcher=proposal_matcher,
+            fg_bg_sampler=fg_bg_sampler,
+            box_similarity=box_similarity,
+        )
         extras = {
             "mask_roi_pool": mask_roi_pool,
             "mask_head": mask_head,
@@ -231,12 +245,12 @@ class RoIHeads(nn.Module):
             raise NotImplementedError(
                 f"RoIHeads: mask/keypoint branches are not implemented: {given}"
             )
-        self.box_similarity = box_iou
+        self.box_similarity = box_similarity or box_iou
         # every proposal gets a verdict; no low-quality rescue (the GT boxes are proposals too)
-        self.proposal_matcher = Matcher(
+        self.proposal_matcher = proposal_matcher or Matcher(
             fg_iou_thresh, bg_iou_thresh, allow_low_quality_matches=False
         )
-        self.fg_bg_sampler = BalancedPositiveNegativeSampler(
+        self.fg_bg_sampler = fg_bg_sampler or BalancedPositiveNegativeSampler(
             batch_size_per_image, positive_fraction
         )
         self.box_coder = BoxCoder(bbox_reg_weights or DEFAULT_BBOX_REG_WEIGHTS)
@@ -258,13 +272,11 @@ class RoIHeads(nn.Module):
         return False
 
     def check_targets(self, targets: list[dict[str, Tensor]] | None) -> None:
-        """Training needs targets, each with "boxes" and "labels"; raise ValueError otherwise."""
+        """Training needs targets, each with "boxes" [G, 4] float and "labels" [G] int64
+        (:func:`rcnn_lab.checks.check_targets`; ValueError, or InputTypeError for a dtype)."""
         if targets is None:
             raise ValueError("RoIHeads: targets should not be None in training mode")
-        for index, target in enumerate(targets):
-            for key in ("boxes", "labels"):
-                if key not in target:
-                    raise ValueError(f"RoIHeads: targets[{index}] has no {key!r} key")
+        check_targets(targets, len(targets), finite=False)
 
     def add_gt_proposals(self, proposals: list[Tensor], gt_boxes: list[Tensor]) -> list[Tensor]:
         """Append each image's ground-truth boxes to its proposals ([K_i + G_i, 4] each).
@@ -286,11 +298,12 @@ class RoIHeads(nn.Module):
                 matched = torch.zeros(boxes.shape[0], dtype=torch.int64, device=boxes.device)
                 classes = torch.zeros_like(matched)
             else:
-                matches = self.proposal_matcher(box_iou(gt, boxes))  # [K_i]: gt index or < 0
+                quality = self.box_similarity(gt, boxes)  # [G, K_i]
+                matches = self.proposal_matcher(quality)  # [K_i]: gt index or < 0
                 matched = matches.clamp(min=0)
                 classes = gt_classes[matched].to(torch.int64)
-                classes[matches == self.proposal_matcher.BELOW_LOW_THRESHOLD] = BACKGROUND
-                classes[matches == self.proposal_matcher.BETWEEN_THRESHOLDS] = IGNORE
+                classes[matches == BELOW_LOW_THRESHOLD] = BACKGROUND
+                classes[matches == BETWEEN_THRESHOLDS] = IGNORE
             matched_idxs.append(matched)
             labels.append(classes)
         return matched_idxs, labels
@@ -382,9 +395,8 @@ class RoIHeads(nn.Module):
         NaN (see :func:`fastrcnn_loss`).
         """
         _check_batch(features, proposals, image_shapes, targets)
-        if self.training:
+        if self.training or targets is not None:
             self.check_targets(targets)
-        _check_target_dtypes(targets)
         if self.training:
             proposals, _, labels, regression_targets = self.select_training_samples(
                 proposals, targets
@@ -393,7 +405,7 @@ class RoIHeads(nn.Module):
         box_features = self.box_head(box_features)  # [K, D]
         class_logits, box_regression = self.box_predictor(box_features)  # [K, C], [K, C*4]
         if self.training:
-            _check_label_range(targets, class_logits.shape[-1])
+            check_label_range(targets, class_logits.shape[-1])
             loss_classifier, loss_box_reg = fastrcnn_loss(
                 class_logits, box_regression, labels, regression_targets
             )
@@ -429,28 +441,3 @@ def _check_batch(
     if any(length != batch for length in lengths.values()):
         listed = ", ".join(f"len({name}) = {length}" for name, length in lengths.items())
         raise ValueError(f"RoIHeads: expected one entry per image of {expected}, got {listed}")
-
-
-def _check_target_dtypes(targets: list[dict[str, Tensor]] | None) -> None:
-    """Boxes must be floating point and labels int64 (TypeError, as torchvision raises)."""
-    for index, target in enumerate(targets or []):
-        if not torch.is_floating_point(target["boxes"]):
-            raise TypeError(
-                f"targets[{index}]['boxes'] must be a float tensor, got {target['boxes'].dtype}"
-            )
-        if target["labels"].dtype != torch.int64:
-            raise TypeError(
-                f"targets[{index}]['labels'] must be int64, got {target['labels'].dtype}"
-            )
-
-
-def _check_label_range(targets: list[dict[str, Tensor]], num_classes: int) -> None:
-    """Ground-truth labels must lie in [0, C): a larger one would index past the class logits."""
-    labels = torch.cat([t["labels"].reshape(-1) for t in targets])
-    bad = (labels < 0) | (labels >= num_classes)
-    if bad.any():  # one host sync per training step: a wrong label must not train silently
-        first = int(labels[bad][0])
-        raise ValueError(
-            f"targets' labels must lie in [0, {num_classes}) for num_classes={num_classes}, "
-            f"found label {first}"
-        )

@@ -14,21 +14,23 @@ R anchors of an image summed over levels (sum of H*W*A), G ground-truth boxes of
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rcnn_lab.anchors import AnchorGenerator
-from rcnn_lab.box_coder import BoxCoder
+from rcnn_lab.box_coder import SMOOTH_L1_BETA, BoxCoder
+from rcnn_lab.checks import check_callables, check_targets
 from rcnn_lab.image_list import ImageList
-from rcnn_lab.matcher import Matcher
+from rcnn_lab.matcher import BETWEEN_THRESHOLDS, Matcher, MatcherProtocol
 from rcnn_lab.ops import boxes as box_ops
-from rcnn_lab.sampler import BalancedPositiveNegativeSampler
+from rcnn_lab.sampler import BalancedPositiveNegativeSampler, SamplerProtocol
 
 #: Proposals narrower or shorter than this many pixels are dropped (degenerate after clipping).
 MIN_PROPOSAL_SIZE = 1e-3
-#: Smooth-L1 is quadratic below 1/9 and linear above (Detectron's sigma = 3, beta = 1/sigma^2).
-BOX_LOSS_BETA = 1.0 / 9.0
 #: The RPN's deltas are unweighted, unlike the RoI heads' (10, 10, 5, 5).
 RPN_BOX_CODER_WEIGHTS = (1.0, 1.0, 1.0, 1.0)
 _INIT_STD = 0.01  # the paper's initialisation: zero-mean Gaussian, std 0.01, zero bias
@@ -142,6 +144,38 @@ def concat_box_prediction_layers(
     return cls, reg
 
 
+class RPNPredictions(NamedTuple):
+    """What the RPN predicts for a batch before any selection (``RegionProposalNetwork.predict``).
+
+    Attributes:
+        anchors: N tensors [R, 4], the anchors of every image.
+        objectness: [N*R, 1] logits, image-major, then level, row, column, anchor.
+        pred_bbox_deltas: [N*R, 4] deltas, in the same order.
+        proposals: [N, R, 4], every anchor decoded with its (detached) deltas.
+        num_anchors_per_level: L counts H*W*A summing to R.
+    """
+
+    anchors: list[Tensor]
+    objectness: Tensor
+    pred_bbox_deltas: Tensor
+    proposals: Tensor
+    num_anchors_per_level: list[int]
+
+
+class PreNMSCandidates(NamedTuple):
+    """The pre-NMS top-n of every level (:meth:`RegionProposalNetwork.select_top_n`).
+
+    Attributes:
+        boxes: [N, K, 4] decoded, not yet clipped; scores: [N, K] probabilities;
+        levels: [N, K] level index of each; indices: [N, K] positions among the R anchors.
+    """
+
+    boxes: Tensor
+    scores: Tensor
+    levels: Tensor
+    indices: Tensor
+
+
 class RegionProposalNetwork(nn.Module):
     """Proposals (and, in training, the two RPN losses) from a batch of feature maps.
 
@@ -156,6 +190,18 @@ class RegionProposalNetwork(nn.Module):
         post_nms_top_n: ``{"training": int, "testing": int}``, proposals kept per image after NMS.
         nms_thresh: IoU above which NMS suppresses a lower-scoring proposal of the same level.
         score_thresh: proposals with objectness probability below this are dropped.
+        proposal_matcher: keyword-only; labels anchors from their quality matrix
+            (:class:`~rcnn_lab.matcher.MatcherProtocol`). None: a :class:`Matcher` with the two
+            thresholds and low-quality matches, as in torchvision.
+        fg_bg_sampler: keyword-only; picks the anchors of the losses
+            (:class:`~rcnn_lab.sampler.SamplerProtocol`). None: a
+            :class:`BalancedPositiveNegativeSampler` of ``batch_size_per_image`` and
+            ``positive_fraction``.
+        box_similarity: keyword-only; ``(gt [G, 4], anchors [R, 4]) -> [G, R]`` quality fed to
+            the matcher. None: :func:`~rcnn_lab.ops.box_iou`.
+
+    The three keyword-only parts are rcnn_lab's addition; torchvision builds them inside. With
+    the defaults the module is torchvision's, attribute for attribute.
     """
 
     def __init__(
@@ -170,8 +216,17 @@ class RegionProposalNetwork(nn.Module):
         post_nms_top_n: dict[str, int],
         nms_thresh: float,
         score_thresh: float = 0.0,
+        *,
+        proposal_matcher: MatcherProtocol | None = None,
+        fg_bg_sampler: SamplerProtocol | None = None,
+        box_similarity: Callable[[Tensor, Tensor], Tensor] | None = None,
     ) -> None:
         super().__init__()
+        check_callables(
+            proposal_matcher=proposal_matcher,
+            fg_bg_sampler=fg_bg_sampler,
+            box_similarity=box_similarity,
+        )
         for name, top_n in (("pre_nms_top_n", pre_nms_top_n), ("post_nms_top_n", post_nms_top_n)):
             if not isinstance(top_n, dict) or not {"training", "testing"} <= set(top_n):
                 raise ValueError(
@@ -180,12 +235,12 @@ class RegionProposalNetwork(nn.Module):
         self.anchor_generator = anchor_generator
         self.head = head
         self.box_coder = BoxCoder(weights=RPN_BOX_CODER_WEIGHTS)
-        self.box_similarity = box_ops.box_iou
+        self.box_similarity = box_similarity or box_ops.box_iou
         # low-quality matches: every object gets at least its best anchor (paper, Sec. 3.1.2)
-        self.proposal_matcher = Matcher(
+        self.proposal_matcher = proposal_matcher or Matcher(
             fg_iou_thresh, bg_iou_thresh, allow_low_quality_matches=True
         )
-        self.fg_bg_sampler = BalancedPositiveNegativeSampler(
+        self.fg_bg_sampler = fg_bg_sampler or BalancedPositiveNegativeSampler(
             batch_size_per_image, positive_fraction
         )
         self._pre_nms_top_n = pre_nms_top_n
@@ -193,6 +248,24 @@ class RegionProposalNetwork(nn.Module):
         self.nms_thresh = nms_thresh
         self.score_thresh = score_thresh
         self.min_size = MIN_PROPOSAL_SIZE
+
+    def set_top_n(
+        self,
+        pre_nms_top_n: int | dict[str, int] | None = None,
+        post_nms_top_n: int | dict[str, int] | None = None,
+    ) -> None:
+        """Change the proposals kept before and after NMS; an int sets both modes."""
+        for name, value in (("pre_nms_top_n", pre_nms_top_n), ("post_nms_top_n", post_nms_top_n)):
+            if value is None:
+                continue
+            if isinstance(value, int):
+                value = {"training": value, "testing": value}
+            if not isinstance(value, dict) or not {"training", "testing"} <= set(value):
+                raise ValueError(
+                    f"{name}: expected an int or a dict with keys 'training' and 'testing', "
+                    f"got {value!r}"
+                )
+            setattr(self, f"_{name}", dict(value))
 
     def pre_nms_top_n(self) -> int:
         """Proposals kept per level before NMS, for the current mode (training or testing)."""
@@ -237,10 +310,10 @@ class RegionProposalNetwork(nn.Module):
         binary_cross_entropy_with_logits then returns a float32 loss even for float64 logits.
         """
         labels = (matched_idxs >= 0).to(torch.float32)  # [R]; below-low is already 0
-        ignored = matched_idxs == self.proposal_matcher.BETWEEN_THRESHOLDS
+        ignored = matched_idxs == BETWEEN_THRESHOLDS
         return labels.masked_fill(ignored, -1.0)
 
-    def _get_top_n_idx(self, objectness: Tensor, num_anchors_per_level: list[int]) -> Tensor:
+    def top_n_indices(self, objectness: Tensor, num_anchors_per_level: list[int]) -> Tensor:
         """[N, K] indices into R of the ``pre_nms_top_n`` best logits of each level (K summed)."""
         top_n_idx, offset = [], 0
         for level_logits in objectness.split(num_anchors_per_level, dim=1):  # [N, H*W*A]
@@ -248,6 +321,35 @@ class RegionProposalNetwork(nn.Module):
             top_n_idx.append(level_logits.topk(k, dim=1).indices + offset)
             offset += level_logits.shape[1]
         return torch.cat(top_n_idx, dim=1)  # [N, K]
+
+    #: torchvision's (private) name for top_n_indices.
+    _get_top_n_idx = top_n_indices
+
+    def select_top_n(
+        self, proposals: Tensor, objectness: Tensor, num_anchors_per_level: list[int]
+    ) -> PreNMSCandidates:
+        """The ``pre_nms_top_n`` best-scoring proposals of every level: the first selection step
+        of :meth:`filter_proposals`, public so that figures show exactly what the model keeps.
+
+        Args:
+            proposals: [N, R, 4] decoded boxes; objectness: [N, R] (or [N*R, 1]) logits.
+            num_anchors_per_level: L counts H*W*A summing to R.
+        """
+        num_images, device = proposals.shape[0], proposals.device
+        objectness = objectness.reshape(num_images, -1)  # [N, R]
+        level_ids = [
+            torch.full((n,), level, dtype=torch.int64, device=device)
+            for level, n in enumerate(num_anchors_per_level)
+        ]
+        levels = torch.cat(level_ids)  # [R] the level of every anchor
+        top_n_idx = self.top_n_indices(objectness, num_anchors_per_level)  # [N, K]
+        batch_idx = torch.arange(num_images, device=device)[:, None]  # [N, 1]
+        return PreNMSCandidates(
+            boxes=proposals[batch_idx, top_n_idx],  # [N, K, 4]
+            scores=torch.sigmoid(objectness[batch_idx, top_n_idx]),  # [N, K]
+            levels=levels[top_n_idx],  # [N, K]
+            indices=top_n_idx,
+        )
 
     def filter_proposals(
         self,
@@ -268,19 +370,12 @@ class RegionProposalNetwork(nn.Module):
             boxes: N tensors [<= post_nms_top_n, 4]; scores: N tensors of probabilities,
             both sorted by decreasing score.
         """
-        num_images, device = proposals.shape[0], proposals.device
+        num_images = proposals.shape[0]
         # the scores only rank and select boxes: no gradient flows back through them
         objectness = objectness.detach().reshape(num_images, -1)  # [N, R]
-        level_ids = [
-            torch.full((n,), level, dtype=torch.int64, device=device)
-            for level, n in enumerate(num_anchors_per_level)
-        ]
-        levels = torch.cat(level_ids)  # [R] the level of every anchor
-        top_n_idx = self._get_top_n_idx(objectness, num_anchors_per_level)  # [N, K]
-        batch_idx = torch.arange(num_images, device=device)[:, None]  # [N, 1]
-        top_scores = torch.sigmoid(objectness[batch_idx, top_n_idx])  # [N, K]
-        top_levels = levels[top_n_idx]  # [N, K]
-        top_boxes = proposals[batch_idx, top_n_idx]  # [N, K, 4]
+        top_boxes, top_scores, top_levels, _ = self.select_top_n(
+            proposals, objectness, num_anchors_per_level
+        )
         final_boxes, final_scores = [], []
         for boxes, scores, lvl, image_shape in zip(
             top_boxes, top_scores, top_levels, image_shapes, strict=True
@@ -331,7 +426,7 @@ class RegionProposalNetwork(nn.Module):
             F.smooth_l1_loss(
                 pred_bbox_deltas[sampled_pos],
                 all_targets[sampled_pos],
-                beta=BOX_LOSS_BETA,
+                beta=SMOOTH_L1_BETA,
                 reduction="sum",
             )
             / sampled.numel()
@@ -340,6 +435,26 @@ class RegionProposalNetwork(nn.Module):
             objectness.flatten()[sampled], all_labels[sampled]
         )
         return objectness_loss, box_loss
+
+    def predict(self, images: ImageList, features: dict[str, Tensor]) -> RPNPredictions:
+        """The first half of :meth:`forward`: head outputs, anchors and every decoded proposal.
+
+        Args:
+            images: the padded batch (its ``image_sizes`` fix the anchors).
+            features: L feature maps [N, C, H, W] by name.
+        """
+        _check_batch(images, features)
+        feature_maps = list(features.values())
+        objectness, pred_bbox_deltas = self.head(feature_maps)
+        anchors = self.anchor_generator(images, feature_maps)  # N tensors [R, 4]
+        num_anchors_per_level = [o[0].numel() for o in objectness]  # A*H*W per level
+        objectness, pred_bbox_deltas = concat_box_prediction_layers(objectness, pred_bbox_deltas)
+        # Faster R-CNN does not backpropagate through the proposals: decode detached deltas
+        proposals = self.box_coder.decode(pred_bbox_deltas.detach(), anchors)  # [N*R, 1, 4]
+        proposals = proposals.view(len(anchors), -1, 4)  # [N, R, 4]
+        return RPNPredictions(
+            anchors, objectness, pred_bbox_deltas, proposals, num_anchors_per_level
+        )
 
     def forward(
         self,
@@ -358,22 +473,16 @@ class RegionProposalNetwork(nn.Module):
             boxes: N tensors [<= post_nms_top_n, 4]; losses: ``{"loss_objectness",
             "loss_rpn_box_reg"}`` in training mode, ``{}`` otherwise.
         """
-        _check_batch(images, features)
-        feature_maps = list(features.values())
-        objectness, pred_bbox_deltas = self.head(feature_maps)
-        anchors = self.anchor_generator(images, feature_maps)  # N tensors [R, 4]
+        anchors, objectness, pred_bbox_deltas, proposals, num_anchors_per_level = self.predict(
+            images, features
+        )
         num_images = len(anchors)
-        num_anchors_per_level = [o[0].numel() for o in objectness]  # A*H*W per level
-        objectness, pred_bbox_deltas = concat_box_prediction_layers(objectness, pred_bbox_deltas)
-        # Faster R-CNN does not backpropagate through the proposals: decode detached deltas
-        proposals = self.box_coder.decode(pred_bbox_deltas.detach(), anchors)  # [N*R, 1, 4]
-        proposals = proposals.view(num_images, -1, 4)  # [N, R, 4]
         boxes, _ = self.filter_proposals(
             proposals, objectness, images.image_sizes, num_anchors_per_level
         )
         losses: dict[str, Tensor] = {}
         if self.training:
-            _check_targets(targets, num_images)
+            check_targets(targets, num_images, labels=False, finite=False, dtypes=False)
             labels, matched_gt_boxes = self.assign_targets_to_anchors(anchors, targets)
             regression_targets = self.box_coder.encode(matched_gt_boxes, anchors)
             loss_objectness, loss_rpn_box_reg = self.compute_loss(
@@ -398,16 +507,3 @@ def _check_batch(images: ImageList, features: dict[str, Tensor]) -> None:
                 f"features[{name!r}] holds a batch of {int(feature.shape[0])} images but "
                 f"images.tensors holds {num_images}: expected the same batch"
             )
-
-
-def _check_targets(targets: list[dict[str, Tensor]] | None, num_images: int) -> None:
-    """Raise ValueError unless ``targets`` holds one dict with [G, 4] ``boxes`` per image."""
-    if targets is None:
-        raise ValueError("targets should not be None in training mode (got None)")
-    if len(targets) != num_images:
-        raise ValueError(f"targets must hold one dict per image ({num_images}), got {len(targets)}")
-    for index, target in enumerate(targets):
-        boxes = target.get("boxes") if isinstance(target, dict) else None
-        if not isinstance(boxes, Tensor) or boxes.dim() != 2 or boxes.shape[-1] != 4:
-            shape = tuple(boxes.shape) if isinstance(boxes, Tensor) else type(boxes).__name__
-            raise ValueError(f"targets[{index}]['boxes'] must be a [G, 4] tensor, got {shape}")

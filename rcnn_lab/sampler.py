@@ -13,8 +13,23 @@ Shapes: P predictions (anchors or proposals) of one image.
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import torch
 from torch import Tensor
+
+
+class SamplerProtocol(Protocol):
+    """What the RPN and the RoI heads need of a sampler (``fg_bg_sampler=``).
+
+    Called with one label tensor [P_i] per image (>= 1 positive, 0 negative, -1 ignored), it
+    returns two lists of per-image masks [P_i] (uint8 or bool): the sampled positives and the
+    sampled negatives. Only the masked elements enter the losses.
+    """
+
+    def __call__(self, matched_idxs: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+        """Per-image labels -> (positive masks, negative masks)."""
+        ...
 
 
 class BalancedPositiveNegativeSampler:

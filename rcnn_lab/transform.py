@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from rcnn_lab.checks import InputTypeError, check_images, check_targets
 from rcnn_lab.image_list import ImageList
 
 #: The keyword arguments GeneralizedRCNNTransform reads from ``**kwargs`` (torchvision's).
@@ -41,9 +42,9 @@ def reject_unknown_keywords(owner: str, kwargs: Mapping[str, Any], known: Iterab
     raise TypeError(message + (f"; did you mean {close[0]!r}?" if close else ""))
 
 
-class ImageDtypeError(ValueError, TypeError):
-    """An image is not floating point. A ValueError (this project's rule for bad input) that is
-    also a TypeError (what torchvision raises), so either ``except`` clause catches it."""
+#: Raised for an image that is not floating point, InputTypeError (a ValueError and a
+#: TypeError), under the name earlier versions exported.
+ImageDtypeError = InputTypeError
 
 
 def _size_ratios(original_size: tuple[int, int], new_size: tuple[int, int], like: Tensor) -> Tensor:
@@ -147,29 +148,11 @@ class GeneralizedRCNNTransform(nn.Module):
         return ImageList(batch, image_sizes), targets
 
     def _check_inputs(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None) -> None:
-        """ValueError for an empty list, non-[C, H, W] images or targets that do not fit."""
-        if len(images) == 0:
-            raise ValueError("images: expected a non-empty list of [3, H, W] tensors, got []")
-        channels = len(self.image_mean)
-        for i, image in enumerate(images):
-            if not isinstance(image, Tensor):
-                raise ValueError(f"images[{i}]: expected a Tensor, got {type(image).__name__}")
-            if image.dim() != 3 or image.shape[0] != channels or min(image.shape[1:]) == 0:
-                raise ValueError(
-                    f"images[{i}]: expected a [{channels}, H, W] tensor with H, W > 0, "
-                    f"got shape {tuple(image.shape)}"
-                )
-        if targets is None:
-            return
-        if len(targets) != len(images):
-            raise ValueError(
-                f"targets: expected {len(images)} dicts (one per image), got {len(targets)}"
-            )
-        for i, target in enumerate(targets):
-            boxes = target.get("boxes") if isinstance(target, dict) else None
-            if not isinstance(boxes, Tensor) or boxes.dim() != 2 or boxes.shape[-1] != 4:
-                shape = tuple(boxes.shape) if isinstance(boxes, Tensor) else boxes
-                raise ValueError(f'targets[{i}]["boxes"]: expected a [G, 4] tensor, got {shape}')
+        """ValueError for an empty list, non-[C, H, W] images or targets that do not fit (the
+        shared checks of :mod:`rcnn_lab.checks`; only boxes are needed here)."""
+        check_images(images, channels=len(self.image_mean))
+        if targets is not None:
+            check_targets(targets, len(images), labels=False, finite=False, dtypes=False)
 
     def normalize(self, image: Tensor) -> Tensor:
         """``(image - mean) / std`` per channel, in the image's dtype and device; [3, H, W]."""

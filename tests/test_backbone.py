@@ -91,7 +91,7 @@ def test_resnet_fpn_backbone_frozen_bn_matches_torchvision():
 
 def test_resnet_v2_config_batchnorm_in_fpn(resnet50_bn):
     # fasterrcnn_resnet50_fpn_v2: BatchNorm trunk, BatchNorm inside the FPN convs
-    ours = backbone._resnet_fpn_extractor(copy.deepcopy(resnet50_bn), 5, norm_layer=nn.BatchNorm2d)
+    ours = backbone.resnet_fpn_extractor(copy.deepcopy(resnet50_bn), 5, norm_layer=nn.BatchNorm2d)
     theirs = tv._resnet_fpn_extractor(copy.deepcopy(resnet50_bn), 5, norm_layer=nn.BatchNorm2d)
     assert "fpn.layer_blocks.3.1.num_batches_tracked" in ours.state_dict()
     _assert_parity(ours, theirs)
@@ -99,7 +99,7 @@ def test_resnet_v2_config_batchnorm_in_fpn(resnet50_bn):
 
 @pytest.mark.parametrize("trainable_layers", range(6))
 def test_resnet_trainable_layers_match_torchvision(resnet50_bn, trainable_layers):
-    ours = backbone._resnet_fpn_extractor(copy.deepcopy(resnet50_bn), trainable_layers)
+    ours = backbone.resnet_fpn_extractor(copy.deepcopy(resnet50_bn), trainable_layers)
     theirs = tv._resnet_fpn_extractor(copy.deepcopy(resnet50_bn), trainable_layers)
     assert _requires_grad(ours) == _requires_grad(theirs)
     frozen_trunk = [n for n, g in _requires_grad(ours).items() if not g]
@@ -110,7 +110,7 @@ def test_resnet_trainable_layers_match_torchvision(resnet50_bn, trainable_layers
 def test_resnet_returned_layers_and_p6p7():
     torch.manual_seed(0)
     trunk = resnet18(weights=None)
-    ours = backbone._resnet_fpn_extractor(
+    ours = backbone.resnet_fpn_extractor(
         copy.deepcopy(trunk), 2, returned_layers=[2, 4], extra_blocks=LastLevelP6P7(256, 256)
     )
     theirs = tv._resnet_fpn_extractor(
@@ -127,7 +127,7 @@ def test_mobilenet_fpn_matches_torchvision(norm_layer):
     # trunk uses FrozenBatchNorm2d with pretrained weights, BatchNorm2d without.
     tv_norm = TvFrozenBatchNorm2d if norm_layer is FrozenBatchNorm2d else nn.BatchNorm2d
     torch.manual_seed(0)
-    ours = backbone._mobilenet_extractor(mobilenet_v3_large(norm_layer=norm_layer), True, 6)
+    ours = backbone.mobilenet_extractor(mobilenet_v3_large(norm_layer=norm_layer), True, 6)
     torch.manual_seed(0)
     theirs = tv._mobilenet_extractor(mobilenet_v3_large(norm_layer=tv_norm), True, 6)
     assert list(ours(torch.zeros(1, 3, *IMAGE_HW))) == ["0", "1", "pool"]
@@ -135,11 +135,11 @@ def test_mobilenet_fpn_matches_torchvision(norm_layer):
 
 
 def test_mobilenet_without_fpn_and_custom_layers_match(mobilenet_bn):
-    ours = backbone._mobilenet_extractor(copy.deepcopy(mobilenet_bn), False, 3)
+    ours = backbone.mobilenet_extractor(copy.deepcopy(mobilenet_bn), False, 3)
     theirs = tv._mobilenet_extractor(copy.deepcopy(mobilenet_bn), False, 3)
     assert ours.out_channels == theirs.out_channels == 256
     _assert_parity(ours, theirs)
-    ours = backbone._mobilenet_extractor(
+    ours = backbone.mobilenet_extractor(
         copy.deepcopy(mobilenet_bn), True, 3, returned_layers=[1, 3, 5]
     )
     theirs = tv._mobilenet_extractor(
@@ -150,7 +150,7 @@ def test_mobilenet_without_fpn_and_custom_layers_match(mobilenet_bn):
 
 @pytest.mark.parametrize("trainable_layers", range(7))
 def test_mobilenet_trainable_layers_match_torchvision(mobilenet_bn, trainable_layers):
-    ours = backbone._mobilenet_extractor(copy.deepcopy(mobilenet_bn), True, trainable_layers)
+    ours = backbone.mobilenet_extractor(copy.deepcopy(mobilenet_bn), True, trainable_layers)
     theirs = tv._mobilenet_extractor(copy.deepcopy(mobilenet_bn), True, trainable_layers)
     assert _requires_grad(ours) == _requires_grad(theirs)
 
@@ -181,13 +181,13 @@ def test_validate_trainable_layers_matches_torchvision(args):
 
 def test_bad_arguments_raise_value_error(resnet50_bn, mobilenet_bn):
     with pytest.raises(ValueError, match=r"trainable_layers: expected an int in \[0, 5\], got 6"):
-        backbone._resnet_fpn_extractor(resnet50_bn, 6)
+        backbone.resnet_fpn_extractor(resnet50_bn, 6)
     with pytest.raises(ValueError, match="returned_layers"):
-        backbone._resnet_fpn_extractor(resnet50_bn, 3, returned_layers=[0, 1])
+        backbone.resnet_fpn_extractor(resnet50_bn, 3, returned_layers=[0, 1])
     with pytest.raises(ValueError, match=r"trainable_layers: expected an int in \[0, 6\]"):
-        backbone._mobilenet_extractor(mobilenet_bn, True, 7)
+        backbone.mobilenet_extractor(mobilenet_bn, True, 7)
     with pytest.raises(ValueError, match="returned_layers"):
-        backbone._mobilenet_extractor(mobilenet_bn, True, 2, returned_layers=[6])
+        backbone.mobilenet_extractor(mobilenet_bn, True, 2, returned_layers=[6])
     with pytest.raises(ValueError, match="trainable_backbone_layers"):
         backbone._validate_trainable_layers(True, 7, 5, 3)
     with pytest.raises(ValueError, match="backbone_name"):

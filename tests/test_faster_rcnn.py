@@ -21,13 +21,13 @@ from torchvision.ops import MultiScaleRoIAlign as TVMultiScaleRoIAlign
 
 import rcnn_lab
 from rcnn_lab.anchors import AnchorGenerator
-from rcnn_lab.backbone import _resnet_fpn_extractor
+from rcnn_lab.backbone import resnet_fpn_extractor
 from rcnn_lab.faster_rcnn import FasterRCNN, GeneralizedRCNN
 from rcnn_lab.frozen_batchnorm import FrozenBatchNorm2d
 from rcnn_lab.ops.poolers import MultiScaleRoIAlign
 from rcnn_lab.roi_heads import FastRCNNPredictor
-from rcnn_lab.viz.roi_heads import calibrate_batchnorm
-from rcnn_lab.viz.roi_heads import spread_head_weights as randomize_heads
+from rcnn_lab.testing import calibrate_batchnorm
+from rcnn_lab.testing import spread_head_weights as randomize_heads
 
 BUILDERS = [
     "fasterrcnn_resnet50_fpn",
@@ -152,7 +152,7 @@ def test_state_dicts_load_both_ways(pairs, num_classes):
 def test_frozen_batchnorm_layout_loads_both_ways():
     """Pretrained models use FrozenBatchNorm2d: 295 keys, no num_batches_tracked."""
     ours = FasterRCNN(
-        _resnet_fpn_extractor(resnet50(norm_layer=FrozenBatchNorm2d), 3), num_classes=91
+        resnet_fpn_extractor(resnet50(norm_layer=FrozenBatchNorm2d), 3), num_classes=91
     )
     theirs = tvd.FasterRCNN(
         tv_extractor(resnet50(norm_layer=TVFrozenBatchNorm2d), 3), num_classes=91
@@ -395,7 +395,7 @@ def with_target(index, **fields):
         (None, None, "targets should not be None"),
         (None, with_target(1, boxes=torch.tensor([1.0, 2.0, 3.0, 4.0])), r"\[G, 4\].*\(4,\)"),
         (None, with_target(0, boxes=torch.zeros(1, 5)), r"\[G, 4\].*\(1, 5\)"),
-        (None, with_target(0, boxes=[[1.0, 2.0, 3.0, 4.0]]), "Tensor"),
+        (None, with_target(0, boxes=[[1.0, 2.0, 3.0, 4.0]]), r"\[G, 4\] tensor, got list"),
         (None, with_target(1, boxes=torch.tensor([[1, 2, 3, 4]])), "float"),
         (
             None,
@@ -413,7 +413,7 @@ def with_target(index, **fields):
         (
             [torch.rand(3, 64, 80), torch.full((3, 70, 64), float("nan"))],
             "good",
-            "NaN or inf pixel",
+            r"images\[1\]: expected finite pixel values, got NaN or inf",
         ),
         ([torch.rand(64, 80), torch.rand(3, 70, 64)], "good", r"\[C, H, W\].*\(64, 80\)"),
         (None, good_targets()[:1], "one per image"),
@@ -464,8 +464,10 @@ def test_constructor_checks():
         FasterRCNN(backbone, num_classes=3, box_predictor=FastRCNNPredictor(1024, 3))
     with pytest.raises(TypeError, match="AnchorGenerator"):
         FasterRCNN(backbone, num_classes=3, rpn_anchor_generator=nn.Identity())
-    with pytest.raises(TypeError, match="MultiScaleRoIAlign"):
+    with pytest.raises(TypeError, match="output_size attribute"):
         FasterRCNN(backbone, num_classes=3, box_roi_pool=nn.Identity())
+    with pytest.raises(TypeError, match="pooler module such as MultiScaleRoIAlign"):
+        FasterRCNN(backbone, num_classes=3, box_roi_pool=lambda f, b, s: f)
     model = FasterRCNN(backbone, box_predictor=FastRCNNPredictor(1024, 4))
     assert model.roi_heads.box_predictor.cls_score.out_features == 4
 

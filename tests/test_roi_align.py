@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import math
 
 import pytest
 import torch
@@ -10,7 +11,7 @@ import torchvision
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rcnn_lab.ops import RoIAlign, roi_align
+from rcnn_lab.ops import RoIAlign, roi_align, sample_grid
 
 # the module (rcnn_lab.ops.roi_align is the function: the package re-exports it under that name)
 roi_align_module = importlib.import_module("rcnn_lab.ops.roi_align")
@@ -419,3 +420,55 @@ def test_chunked_gather_matches_torchvision(seed, k, sampling_ratio, budget, ali
     (g_ours,) = torch.autograd.grad(ours, x, grad_out)
     (g_ref,) = torch.autograd.grad(ref, x, grad_out)
     torch.testing.assert_close(g_ours, g_ref, **F64_TOL)
+
+
+def _bilinear(feature: torch.Tensor, y: float, x: float) -> torch.Tensor:
+    """The reference kernels' bilinear read of [C, H, W] at (y, x), written out by hand."""
+    height, width = feature.shape[-2:]
+    if y < -1.0 or y > height or x < -1.0 or x > width:
+        return feature.new_zeros(feature.shape[0])
+    y, x = max(y, 0.0), max(x, 0.0)
+    y0, x0 = int(math.floor(y)), int(math.floor(x))
+    if y0 >= height - 1:
+        y0 = y1 = height - 1
+        y = float(y0)
+    else:
+        y1 = y0 + 1
+    if x0 >= width - 1:
+        x0 = x1 = width - 1
+        x = float(x0)
+    else:
+        x1 = x0 + 1
+    ly, lx = y - y0, x - x0
+    return (
+        (1 - ly) * (1 - lx) * feature[:, y0, x0]
+        + (1 - ly) * lx * feature[:, y0, x1]
+        + ly * (1 - lx) * feature[:, y1, x0]
+        + ly * lx * feature[:, y1, x1]
+    )
+
+
+@pytest.mark.parametrize("sampling_ratio", [-1, 1, 2, 3])
+@pytest.mark.parametrize("aligned", [False, True])
+def test_sample_grid_is_where_roi_align_samples(sampling_ratio, aligned):
+    """The points rcnn_lab.ops.sample_grid lists (chapter 6 draws them), averaged per bin with a
+    hand-written bilinear read, give roi_align's output: the figure shows what the op computes."""
+    g = torch.Generator().manual_seed(11)
+    feature = torch.rand(1, 2, 9, 11, dtype=torch.float64, generator=g)
+    out = (2, 3)
+    for _ in range(6):
+        x1, y1 = (torch.rand(2, generator=g) * 30 - 4).tolist()
+        w, h = (torch.rand(2, generator=g) * 24).tolist()
+        box = (x1, y1, x1 + w, y1 + h)
+        grid = sample_grid(box, out, 0.5, sampling_ratio, aligned)
+        gh, gw = len(grid.ys) // out[0], len(grid.xs) // out[1]
+        expected = roi_align(
+            feature, [torch.tensor([box], dtype=torch.float64)], out, 0.5, sampling_ratio, aligned
+        )[0]
+        for i in range(out[0]):
+            for j in range(out[1]):
+                ys = grid.ys[i * gh : (i + 1) * gh].tolist()
+                xs = grid.xs[j * gw : (j + 1) * gw].tolist()
+                samples = [_bilinear(feature[0], y, x) for y in ys for x in xs]
+                value = torch.stack(samples).mean(0) if samples else feature.new_zeros(2)
+                torch.testing.assert_close(value, expected[:, i, j], rtol=0, atol=1e-12)

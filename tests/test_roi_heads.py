@@ -430,7 +430,7 @@ def test_target_validation():
     ours.train()
     with pytest.raises(ValueError, match="targets should not be None"):
         ours(features, proposals, sizes, None)
-    with pytest.raises(ValueError, match=r"targets\[1\] has no 'labels'"):
+    with pytest.raises(ValueError, match=r"targets\[1\]: expected a 'labels' key"):
         ours(features, proposals, sizes, [targets[0], {"boxes": targets[1]["boxes"]}])
     bad = [targets[0], {**targets[1], "boxes": targets[1]["boxes"].long()}]
     with pytest.raises(TypeError, match="float"):

@@ -227,9 +227,9 @@ def test_bad_inputs_raise_clear_errors():
         ours([torch.zeros(3, 8, 8, dtype=torch.int64)])
     with pytest.raises(ValueError, match="targets: expected 1 dicts"):
         ours([torch.rand(3, 8, 8)], [])
-    with pytest.raises(ValueError, match=r'targets\[0\]\["boxes"\]: expected a \[G, 4\]'):
+    with pytest.raises(ValueError, match=r"targets\[0\]\['boxes'\]: expected a \[G, 4\]"):
         ours([torch.rand(3, 8, 8)], [{"boxes": torch.zeros(4)}])
-    with pytest.raises(ValueError, match=r'targets\[0\]\["boxes"\]'):
+    with pytest.raises(ValueError, match=r"targets\[0\]: expected a 'boxes' key"):
         ours([torch.rand(3, 8, 8)], [{"labels": torch.zeros(1)}])
 
 

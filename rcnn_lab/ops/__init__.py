@@ -9,8 +9,8 @@ from rcnn_lab.ops.boxes import (
     nms,
     remove_small_boxes,
 )
-from rcnn_lab.ops.poolers import MultiScaleRoIAlign
-from rcnn_lab.ops.roi_align import RoIAlign, roi_align
+from rcnn_lab.ops.poolers import MultiScalePooler, MultiScaleRoIAlign, MultiScaleRoIPool
+from rcnn_lab.ops.roi_align import RoIAlign, roi_align, sample_grid
 from rcnn_lab.ops.roi_pool import RoIPool, roi_pool
 
 __all__: list[str] = [
@@ -23,7 +23,10 @@ __all__: list[str] = [
     "batched_nms",
     "roi_align",
     "RoIAlign",
+    "sample_grid",
     "roi_pool",
     "RoIPool",
+    "MultiScalePooler",
     "MultiScaleRoIAlign",
+    "MultiScaleRoIPool",
 ]

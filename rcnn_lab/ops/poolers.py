@@ -1,7 +1,10 @@
-"""Multi-scale RoIAlign over a feature pyramid (FPN, Lin et al. 2017, Sec. 4.2, eq. 1).
+"""Multi-scale RoI pooling over a feature pyramid (FPN, Lin et al. 2017, Sec. 4.2, eq. 1).
 
 Each RoI is pooled from one pyramid level, chosen by its size: a 224 x 224 box (an ImageNet
 image) goes to the canonical level k0 = 4, a box half as wide to level 3, twice as wide to 5.
+:class:`MultiScalePooler` does the level bookkeeping and calls one per-level pooling function;
+:class:`MultiScaleRoIAlign` (torchvision's) plugs in RoIAlign, :class:`MultiScaleRoIPool` Fast
+R-CNN's RoIPool, and any ``pool(feature, rois, output_size, spatial_scale)`` callable drops in.
 
 Shapes: N images, C channels, K RoIs over the batch, L pyramid levels, ph x pw output bins.
 """
@@ -9,11 +12,13 @@ Shapes: N images, C channels, K RoIs over the batch, L pyramid levels, ph x pw o
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
 
 from rcnn_lab.ops.roi_align import _pair, convert_boxes_to_roi_format, roi_align
+from rcnn_lab.ops.roi_pool import roi_pool
 
 #: FPN eq. 1's constants, where a box of CANONICAL_SCALE pixels maps to level CANONICAL_LEVEL.
 CANONICAL_SCALE, CANONICAL_LEVEL = 224, 4
@@ -82,43 +87,62 @@ def setup_scales(
     return scales, LevelMapper(k_min, k_max, canonical_scale, canonical_level)
 
 
-class MultiScaleRoIAlign(nn.Module):
-    """RoIAlign from the pyramid level that suits each box (``torchvision.ops.MultiScaleRoIAlign``).
+#: The per-level pooling function's signature, (feature [N, C, H, W], rois [K, 5],
+#: output_size (ph, pw), spatial_scale) -> [K, C, ph, pw].
+PoolFunction = Callable[[Tensor, Tensor, tuple[int, int], float], Tensor]
+
+
+class MultiScalePooler(nn.Module):
+    """Pool every RoI from the pyramid level that suits its size, with any per-level pooler.
 
     Args:
         featmap_names: keys of the feature dict to pool from, finest level first.
         output_size: (ph, pw) or an int for both.
-        sampling_ratio: samples per bin and axis (<= 0: adaptive), as in :func:`roi_align`.
+        pool: ``pool(feature, rois, output_size, spatial_scale) -> [K, C, ph, pw]`` for one level,
+            with rois [K, 5] (batch index, x1, y1, x2, y2) in input-image pixels. None uses
+            :meth:`pool_level` (override it in a subclass instead of passing a function).
         canonical_scale, canonical_level: FPN eq. 1's 224 and k0.
 
     The scales are inferred on the first call (from feature and image sizes) and then kept,
     like torchvision's ``scales`` and ``map_levels`` attributes. Holds no parameters or buffers.
+    Feature maps that ``x`` lacks are skipped (the MobileNet FPN returns "0", "1" and "pool"
+    while the default pooler lists "0".."3"); none present at all is an error.
     """
 
     def __init__(
         self,
         featmap_names: list[str],
         output_size: int | tuple[int, int] | list[int],
-        sampling_ratio: int,
+        pool: PoolFunction | None = None,
         *,
         canonical_scale: int = CANONICAL_SCALE,
         canonical_level: int = CANONICAL_LEVEL,
     ) -> None:
         super().__init__()
+        if isinstance(featmap_names, str) or not all(isinstance(n, str) for n in featmap_names):
+            raise TypeError(f"featmap_names must be a list of str, got {featmap_names!r}")
+        if pool is not None and not callable(pool):
+            raise TypeError(f"pool must be callable or None, got {type(pool).__name__}")
         self.featmap_names = featmap_names
-        self.sampling_ratio = sampling_ratio
         self.output_size = _pair(output_size)  # TypeError naming output_size if not ints
+        self.pool = pool
         self.scales: list[float] | None = None
         self.map_levels: LevelMapper | None = None
         self.canonical_scale = canonical_scale
         self.canonical_level = canonical_level
 
+    def pool_level(self, feature: Tensor, rois: Tensor, spatial_scale: float) -> Tensor:
+        """Pool ``rois`` [K, 5] from one level's ``feature`` [N, C, H, W] -> [K, C, ph, pw]."""
+        if self.pool is None:
+            raise NotImplementedError(
+                f"{type(self).__name__}: pass pool=... or override pool_level()"
+            )
+        return self.pool(feature, rois, self.output_size, spatial_scale)
+
     def _filter(self, x: dict[str, Tensor]) -> list[Tensor]:
         """The maps named in featmap_names, in the dict's own order (as torchvision takes them)."""
         if not isinstance(x, dict):
             raise ValueError(f"x must be a dict of feature maps by name, got {type(x).__name__}")
-        # Names that x lacks are skipped, as torchvision does: the MobileNet FPN returns levels
-        # "0", "1" and "pool" while FasterRCNN's default pooler lists "0".."3".
         maps = [v for k, v in x.items() if k in self.featmap_names]
         if not maps:
             raise ValueError(
@@ -146,10 +170,8 @@ class MultiScaleRoIAlign(nn.Module):
             )
         rois = convert_boxes_to_roi_format(boxes)  # [K, 5]
         if len(features) == 1:
-            return roi_align(
-                features[0], rois, self.output_size, self.scales[0], self.sampling_ratio
-            )
-        # The level mapper sends a NaN box to no level (its log is NaN), so roi_align's own
+            return self.pool_level(features[0], rois, self.scales[0])
+        # The level mapper sends a NaN box to no level (its log is NaN), so the pooler's own
         # check would never see it and its features would silently stay zero. One host sync.
         if rois.shape[0] and not bool(torch.isfinite(rois[:, 1:]).all()):
             bad = (~torch.isfinite(rois[:, 1:])).any(dim=1).nonzero().squeeze(1)[:5]
@@ -162,14 +184,86 @@ class MultiScaleRoIAlign(nn.Module):
         # a loop over the (few) pyramid levels; each level pools all its RoIs in one call
         for level, (feature, scale) in enumerate(zip(features, self.scales)):
             in_level = torch.where(levels == level)[0]
-            pooled = roi_align(
-                feature, rois[in_level], self.output_size, scale, self.sampling_ratio
-            )
+            pooled = self.pool_level(feature, rois[in_level], scale)
             result[in_level] = pooled.to(result.dtype)
         return result
 
     def __repr__(self) -> str:
         return (
             f"{self.__class__.__name__}(featmap_names={self.featmap_names}, "
+            f"output_size={self.output_size}, pool={self.pool!r})"
+        )
+
+
+class MultiScaleRoIAlign(MultiScalePooler):
+    """RoIAlign from the pyramid level that suits each box (``torchvision.ops.MultiScaleRoIAlign``).
+
+    Args:
+        featmap_names: keys of the feature dict to pool from, finest level first.
+        output_size: (ph, pw) or an int for both.
+        sampling_ratio: samples per bin and axis (<= 0: adaptive), as in :func:`roi_align`.
+        canonical_scale, canonical_level: FPN eq. 1's 224 and k0.
+
+    See :class:`MultiScalePooler` for the level bookkeeping.
+    """
+
+    def __init__(
+        self,
+        featmap_names: list[str],
+        output_size: int | tuple[int, int] | list[int],
+        sampling_ratio: int,
+        *,
+        canonical_scale: int = CANONICAL_SCALE,
+        canonical_level: int = CANONICAL_LEVEL,
+    ) -> None:
+        super().__init__(
+            featmap_names,
+            output_size,
+            canonical_scale=canonical_scale,
+            canonical_level=canonical_level,
+        )
+        self.sampling_ratio = sampling_ratio
+
+    def pool_level(self, feature: Tensor, rois: Tensor, spatial_scale: float) -> Tensor:
+        """:func:`roi_align` of one level (aligned=False, as torchvision's poolers use it)."""
+        return roi_align(feature, rois, self.output_size, spatial_scale, self.sampling_ratio)
+
+    def __repr__(self) -> str:
+        return (
+            f"{self.__class__.__name__}(featmap_names={self.featmap_names}, "
             f"output_size={self.output_size}, sampling_ratio={self.sampling_ratio})"
+        )
+
+
+class MultiScaleRoIPool(MultiScalePooler):
+    """Fast R-CNN's RoIPool (max over quantised bins) from the pyramid level of each box.
+
+    Args: as :class:`MultiScalePooler`, without ``pool``. A drop-in ``box_roi_pool`` for
+    :class:`~rcnn_lab.faster_rcnn.FasterRCNN` that trades RoIAlign's bilinear sampling for the
+    original paper's quantised max pooling.
+    """
+
+    def __init__(
+        self,
+        featmap_names: list[str],
+        output_size: int | tuple[int, int] | list[int],
+        *,
+        canonical_scale: int = CANONICAL_SCALE,
+        canonical_level: int = CANONICAL_LEVEL,
+    ) -> None:
+        super().__init__(
+            featmap_names,
+            output_size,
+            canonical_scale=canonical_scale,
+            canonical_level=canonical_level,
+        )
+
+    def pool_level(self, feature: Tensor, rois: Tensor, spatial_scale: float) -> Tensor:
+        """:func:`roi_pool` of one level."""
+        return roi_pool(feature, rois, self.output_size, spatial_scale)
+
+    def __repr__(self) -> str:
+        return (
+            f"{self.__class__.__name__}(featmap_names={self.featmap_names}, "
+            f"output_size={self.output_size})"
         )

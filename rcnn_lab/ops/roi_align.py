@@ -118,7 +118,7 @@ def _roi_geometry(rois: Tensor, spatial_scale: float, aligned: bool) -> tuple[Te
     return start, size
 
 
-def _corners(pos: Tensor, size: int, index_dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+def bilinear_corners(pos: Tensor, size: int, index_dtype: torch.dtype) -> tuple[Tensor, Tensor]:
     """Bilinear corners of sample coordinates along one axis of length ``size``.
 
     Args:
@@ -147,7 +147,7 @@ def _sample_positions(
     return start + bins * bin_size + (steps + 0.5) * bin_size / grid
 
 
-def _fixed_grid_bags(
+def fixed_grid_bags(
     rois: Tensor,
     shape: tuple[int, int],
     out: tuple[int, int],
@@ -172,7 +172,7 @@ def _fixed_grid_bags(
         pos = _sample_positions(
             start[:, axis, None, None], bin_size[:, axis, None, None], bin_index, grid, steps
         )  # [K, bins, grid]
-        index, weight = _corners(pos, length, index_dtype)  # [K, bins, grid, 2]
+        index, weight = bilinear_corners(pos, length, index_dtype)  # [K, bins, grid, 2]
         axes.append((index.reshape(k, bins, 2 * grid), weight.reshape(k, bins, 2 * grid)))
     (y_idx, y_w), (x_idx, x_w) = axes
     image_base = rois[:, 0].to(index_dtype) * (height * width)  # [K]
@@ -232,16 +232,16 @@ def _adaptive_axis(
     pos = _sample_positions(
         start[owner], bin_size[owner], (local // g).to(dtype), g.to(dtype), (local % g).to(dtype)
     )  # [sum_k bins * grid[k]]
-    index, weight = _corners(pos, size, index_dtype)
+    index, weight = bilinear_corners(pos, size, index_dtype)
     return index, weight, torch.cumsum(counts, 0) - counts, owner
 
 
-class _AdaptiveSamples(NamedTuple):
-    """The samples of every bag when each RoI has its own grid (see :func:`_adaptive_grid_bags`).
+class AdaptiveSamples(NamedTuple):
+    """The samples of every bag when each RoI has its own grid (see :func:`adaptive_grid_bags`).
 
     The y and x corners are listed once per RoI and bin row / column (a few per feature pixel
     of the RoI's height or width); a bag's gh * gw samples pair them up, so the per-sample lists
-    that ``embedding_bag`` needs are made only for a chunk of bags at a time (:func:`_bag_samples`).
+    that ``embedding_bag`` needs are made only for a chunk of bags at a time (:func:`bag_samples`).
     """
 
     y_rows: Tensor  #: [Ly, 2] table row of the y corners' row start (image * H * W + y * W)
@@ -251,18 +251,18 @@ class _AdaptiveSamples(NamedTuple):
     bags: Tensor  #: [K*ph*pw, 4] (first y sample, first x sample, gw, gh * gw) of every bag
 
 
-def _adaptive_grid_bags(
+def adaptive_grid_bags(
     rois: Tensor,
     shape: tuple[int, int],
     out: tuple[int, int],
     scale: float,
     aligned: bool,
     index_dtype: torch.dtype,
-) -> _AdaptiveSamples:
+) -> AdaptiveSamples:
     """Corners of the samples of variable-size bags (grid = ceil(roi size / output size)).
 
     Returns the y and x corners of every RoI's sample rows and columns and, per (RoI, bin) bag,
-    where its samples start in those lists and how many there are; :func:`_bag_samples` turns
+    where its samples start in those lists and how many there are; :func:`bag_samples` turns
     a range of bags into the rows, weights and offsets of ``embedding_bag``.
     """
     (height, width), (ph, pw) = shape, out
@@ -285,14 +285,14 @@ def _adaptive_grid_bags(
     bags = torch.stack(
         [bag_y, bag_x, gw[:, None].expand_as(bag_y), per_bin[:, None].expand_as(bag_y)], dim=-1
     ).reshape(-1, 4)  # [K*ph*pw, 4]
-    return _AdaptiveSamples(y_rows, y_w, x_idx, x_w, bags)
+    return AdaptiveSamples(y_rows, y_w, x_idx, x_w, bags)
 
 
-def _bag_samples(samples: _AdaptiveSamples, bags: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def bag_samples(samples: AdaptiveSamples, bags: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Rows, weights and offsets of ``embedding_bag`` for some bags (variable lengths).
 
     Args:
-        samples: the corners of all RoIs (:func:`_adaptive_grid_bags`).
+        samples: the corners of all RoIs (:func:`adaptive_grid_bags`).
         bags: [B, 4] rows of ``samples.bags``, consecutive bags.
     Returns:
         rows, weights: [T * 4], the 4 corners of the T samples of these bags, bag after bag,
@@ -398,16 +398,16 @@ def _pooled_bins(
         step = max(1, SAMPLE_BUDGET // max(1, ph * pw * grid * grid))  # RoIs per chunk
         bags = [
             lambda r=rois[i : i + step]: (
-                *_fixed_grid_bags(r, shape, out, grid, spatial_scale, aligned, index_dtype),
+                *fixed_grid_bags(r, shape, out, grid, spatial_scale, aligned, index_dtype),
                 None,
             )
             for i in range(0, max(k, 1), step)  # one (maybe empty) chunk at least
         ]
     else:
         with torch.no_grad():
-            samples = _adaptive_grid_bags(rois, shape, out, spatial_scale, aligned, index_dtype)
+            samples = adaptive_grid_bags(rois, shape, out, spatial_scale, aligned, index_dtype)
             ranges = _bag_chunks(samples.bags[:, 3])
-        bags = [lambda b=samples.bags[i:j]: _bag_samples(samples, b) for i, j in ranges]
+        bags = [lambda b=samples.bags[i:j]: bag_samples(samples, b) for i, j in ranges]
     if len(bags) > 1 and table.requires_grad and torch.is_grad_enabled():
         pieces = [
             checkpoint(_pool_chunk, table, chunk, use_reentrant=False, preserve_rng_state=False)
@@ -416,6 +416,56 @@ def _pooled_bins(
     else:
         pieces = [_pool_chunk(table, chunk) for chunk in bags]
     return torch.cat(pieces) if len(pieces) > 1 else pieces[0]  # [K*ph*pw, C]
+
+
+class SampleGrid(NamedTuple):
+    """Where :func:`roi_align` samples one RoI (see :func:`sample_grid`).
+
+    Attributes:
+        corners: (x1, y1, x2, y2) of the RoI on the feature grid, in sampling coordinates.
+        ys: [ph * gh] y coordinates of its sample rows, bin after bin.
+        xs: [pw * gw] x coordinates of its sample columns, bin after bin.
+    """
+
+    corners: tuple[float, float, float, float]
+    ys: Tensor
+    xs: Tensor
+
+
+def sample_grid(
+    box: Tensor | tuple[float, float, float, float],
+    output_size: int | tuple[int, int],
+    spatial_scale: float = 1.0,
+    sampling_ratio: int = -1,
+    aligned: bool = False,
+) -> SampleGrid:
+    """The sample points of one box, computed by the same geometry that :func:`roi_align` uses.
+
+    Every pair (y in ``ys``, x in ``xs``) is one bilinear sample; a bin averages its gh x gw
+    samples (gh = ``sampling_ratio``, or ceil(bin height) when it is <= 0). For drawing and
+    teaching: the pooling itself never lists the points one by one.
+
+    Args:
+        box: (x1, y1, x2, y2) in input-image pixels; the other arguments as in :func:`roi_align`.
+    """
+    ph, pw = _pair(output_size)
+    box = torch.as_tensor(box, dtype=torch.float64).reshape(1, 4)
+    rois = torch.cat([box.new_zeros(1, 1), box], dim=1)  # [1, 5]
+    start, size = _roi_geometry(rois, spatial_scale, aligned)  # [1, 2] (y, x) each
+    bin_size = size / size.new_tensor([ph, pw])
+    if sampling_ratio > 0:
+        grid = (sampling_ratio, sampling_ratio)
+    else:  # adaptive: as in adaptive_grid_bags
+        gh, gw = torch.ceil(bin_size).to(torch.int64).clamp(min=0)[0].tolist()
+        grid = (gh, gw)
+    coords = []
+    for axis, (bins, g) in enumerate(zip((ph, pw), grid)):
+        steps = torch.arange(g, dtype=box.dtype)
+        bin_index = torch.arange(bins, dtype=box.dtype)[:, None]
+        pos = _sample_positions(start[0, axis], bin_size[0, axis], bin_index, float(g), steps)
+        coords.append(pos.reshape(-1))  # [bins * g]
+    (y1, x1), (h, w) = start[0].tolist(), size[0].tolist()
+    return SampleGrid((x1, y1, x1 + w, y1 + h), coords[0], coords[1])
 
 
 def roi_align(

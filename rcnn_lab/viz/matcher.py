@@ -101,8 +101,10 @@ def matcher_explorer(image: Tensor, gt_boxes: Tensor, anchors: Tensor, iou: Tens
         matcher = Matcher(fg_iou, min(bg_iou, fg_iou), allow_low_quality_matches=low_quality)
         matches = matcher(iou)
         labels = (matches >= 0).long() - (matches == Matcher.BETWEEN_THRESHOLDS).long()
-        torch.manual_seed(0)
-        pos, neg = BalancedPositiveNegativeSampler(batch_size, positive_fraction)([labels])
+        # the same draws on every redraw, without resetting the reader's global RNG
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            pos, neg = BalancedPositiveNegativeSampler(batch_size, positive_fraction)([labels])
         fig, axes = plt.subplots(1, 2, figsize=(11, 4.4))
         counts = draw_anchor_labels(axes[0], image, anchors, matches, gt_boxes)
         axes[0].set_title(", ".join(f"{n} {k}" for k, n in counts.items()), fontsize=9)

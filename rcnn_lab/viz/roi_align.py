@@ -15,7 +15,7 @@ from matplotlib.axes import Axes
 from matplotlib.patches import Rectangle
 from torch import Tensor
 
-from rcnn_lab.ops import roi_align
+from rcnn_lab.ops import roi_align, sample_grid
 from rcnn_lab.ops.poolers import LevelMapper
 
 #: Colours of the RoI, its bins, samples that count, samples that fall off the map.
@@ -29,22 +29,14 @@ def roi_align_samples(
     sampling_ratio: int,
     aligned: bool,
 ) -> tuple[tuple[float, float, float, float], list[float], list[float]]:
-    """The RoI on the feature grid, and the y and x coordinates of its sample rows and columns.
+    """The RoI on the feature grid, and the y and x coordinates of its sample rows and columns,
+    from :func:`rcnn_lab.ops.sample_grid` (the geometry ``roi_align`` itself uses).
 
     Returns:
         (x1, y1, x2, y2) in sampling coordinates, ys [ph * gh], xs [pw * gw].
     """
-    offset = 0.5 if aligned else 0.0
-    x1, y1, x2, y2 = (v * spatial_scale - offset for v in box)
-    w, h = x2 - x1, y2 - y1
-    if not aligned:
-        w, h = max(w, 1.0), max(h, 1.0)
-    (ph, pw), (bh, bw) = output_size, (h / output_size[0], w / output_size[1])
-    gh = sampling_ratio if sampling_ratio > 0 else max(math.ceil(h / ph), 0)
-    gw = sampling_ratio if sampling_ratio > 0 else max(math.ceil(w / pw), 0)
-    ys = [y1 + i * bh + (k + 0.5) * bh / gh for i in range(ph) for k in range(gh)]
-    xs = [x1 + j * bw + (k + 0.5) * bw / gw for j in range(pw) for k in range(gw)]
-    return (x1, y1, x1 + w, y1 + h), ys, xs
+    grid = sample_grid(box, output_size, spatial_scale, sampling_ratio, aligned)
+    return grid.corners, grid.ys.tolist(), grid.xs.tolist()
 
 
 def show_feature(ax: Axes, feature: Tensor, grid: bool = True) -> None:

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from rcnn_lab.image_list import ImageList
 from rcnn_lab.ops.boxes import clip_boxes_to_image
-from rcnn_lab.rpn import RegionProposalNetwork, concat_box_prediction_layers
+from rcnn_lab.rpn import RegionProposalNetwork
 from rcnn_lab.viz.draw import draw_boxes, show_image
 
 #: Colours of the proposals of pyramid level 0, 1, 2, ...
@@ -31,23 +31,17 @@ def proposal_stages(
     ``before_scores`` [K], ``before_levels`` [K], and ``after_boxes`` / ``after_scores``, what
     ``rpn`` returns (post-NMS top-n). Uses the rpn's current mode (call ``rpn.eval()`` first).
     """
-    feature_maps = list(features.values())
-    logits, deltas = rpn.head(feature_maps)
-    anchors = rpn.anchor_generator(images, feature_maps)  # N tensors [R, 4]
-    per_level = [level_logits[0].numel() for level_logits in logits]
-    objectness, box_deltas = concat_box_prediction_layers(logits, deltas)
-    proposals = rpn.box_coder.decode(box_deltas, anchors).view(len(anchors), -1, 4)  # [N, R, 4]
-    objectness = objectness.view(len(anchors), -1)  # [N, R]
-    top = rpn._get_top_n_idx(objectness, per_level)[0]  # [K] of the first image
-    device = objectness.device
-    levels = torch.cat([torch.full((n,), k, device=device) for k, n in enumerate(per_level)])  # [R]
+    predicted = rpn.predict(images, features)
+    proposals, per_level = predicted.proposals, predicted.num_anchors_per_level
+    objectness = predicted.objectness.view(len(predicted.anchors), -1)  # [N, R]
+    top = rpn.select_top_n(proposals, objectness, per_level)  # the pre-NMS candidates
     after_boxes, after_scores = rpn.filter_proposals(
         proposals, objectness, images.image_sizes, per_level
     )
     return {
-        "before_boxes": clip_boxes_to_image(proposals[0, top], images.image_sizes[0]),
-        "before_scores": torch.sigmoid(objectness[0, top]),
-        "before_levels": levels[top],
+        "before_boxes": clip_boxes_to_image(top.boxes[0], images.image_sizes[0]),
+        "before_scores": top.scores[0],
+        "before_levels": top.levels[0],
         "after_boxes": after_boxes[0],
         "after_scores": after_scores[0],
     }
@@ -99,8 +93,7 @@ def rpn_explorer(
     images = ImageList(image[None], [tuple(image.shape[-2:])])
 
     def redraw(pre_nms_top_n=300, post_nms_top_n=20, nms_thresh=0.7, score_thresh=0.0):
-        explored._pre_nms_top_n = {"training": pre_nms_top_n, "testing": pre_nms_top_n}
-        explored._post_nms_top_n = {"training": post_nms_top_n, "testing": post_nms_top_n}
+        explored.set_top_n(pre_nms_top_n, post_nms_top_n)
         explored.nms_thresh, explored.score_thresh = nms_thresh, score_thresh
         stages = proposal_stages(explored, images, features)
         fig, axes = plt.subplots(1, 2, figsize=(11, 4.4))
