@@ -79,8 +79,6 @@ class BackboneWithFPN(nn.Module):
 
     Attributes:
         out_channels: D, read by the RPN and RoI heads.
-        featmap_names: the names of the returned levels, in order (e.g. "0".."3", "pool"), or
-            None when an extra block does not declare its names.
     """
 
     def __init__(

@@ -170,9 +170,10 @@ class FasterRCNN(GeneralizedRCNN):
         rpn_score_thresh: proposals with objectness probability below this are dropped.
         box_roi_pool: module pooling RoI features, called as ``pool(features, proposals,
             image_shapes) -> [K, D, ph, pw]`` with an ``output_size`` (ph, pw) attribute: a
-            :class:`~rcnn_lab.ops.MultiScaleRoIAlign`, a :class:`~rcnn_lab.ops.MultiScaleRoIPool`
-            or any :class:`~rcnn_lab.ops.MultiScalePooler` (None: RoIAlign on FPN levels '0'-'3',
-            7x7). torchvision accepts only its MultiScaleRoIAlign here.
+            :class:`~rcnn_lab.ops.poolers.MultiScaleRoIAlign`, a
+            :class:`~rcnn_lab.ops.poolers.MultiScaleRoIPool` or any
+            :class:`~rcnn_lab.ops.poolers.MultiScalePooler` (None: RoIAlign on FPN levels
+            '0'-'3', 7x7). torchvision accepts only its MultiScaleRoIAlign here.
         box_head: pooled RoI features -> representation (None: TwoMLPHead of width 1024).
         box_predictor: representation -> class logits and per-class deltas (None: a
             FastRCNNPredictor for num_classes).

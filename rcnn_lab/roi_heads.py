@@ -196,7 +196,7 @@ class RoIHeads(nn.Module):
             :class:`BalancedPositiveNegativeSampler` of ``batch_size_per_image`` and
             ``positive_fraction``.
         box_similarity: keyword-only; ``(gt [G, 4], proposals [K_i, 4]) -> [G, K_i]`` quality
-            fed to the matcher. None: :func:`~rcnn_lab.ops.box_iou`.
+            fed to the matcher. None: :func:`~rcnn_lab.ops.boxes.box_iou`.
 
     The three keyword-only parts are rcnn_lab's addition (torchvision builds them inside and
     never calls its ``box_similarity``); with the defaults the module is torchvision's.

@@ -145,35 +145,22 @@ def concat_box_prediction_layers(
 
 
 class RPNPredictions(NamedTuple):
-    """What the RPN predicts for a batch before any selection (``RegionProposalNetwork.predict``).
+    """What the RPN predicts for a batch, before any selection (``predict``'s result)."""
 
-    Attributes:
-        anchors: N tensors [R, 4], the anchors of every image.
-        objectness: [N*R, 1] logits, image-major, then level, row, column, anchor.
-        pred_bbox_deltas: [N*R, 4] deltas, in the same order.
-        proposals: [N, R, 4], every anchor decoded with its (detached) deltas.
-        num_anchors_per_level: L counts H*W*A summing to R.
-    """
-
-    anchors: list[Tensor]
-    objectness: Tensor
-    pred_bbox_deltas: Tensor
-    proposals: Tensor
-    num_anchors_per_level: list[int]
+    anchors: list[Tensor]  #: N tensors [R, 4], the anchors of every image
+    objectness: Tensor  #: [N*R, 1] logits, image-major, then level, row, column, anchor
+    pred_bbox_deltas: Tensor  #: [N*R, 4] deltas, in the same order
+    proposals: Tensor  #: [N, R, 4], every anchor decoded with its (detached) deltas
+    num_anchors_per_level: list[int]  #: L counts H*W*A summing to R
 
 
 class PreNMSCandidates(NamedTuple):
-    """The pre-NMS top-n of every level (:meth:`RegionProposalNetwork.select_top_n`).
+    """The pre-NMS top-n of every level (:meth:`RegionProposalNetwork.select_top_n`)."""
 
-    Attributes:
-        boxes: [N, K, 4] decoded, not yet clipped; scores: [N, K] probabilities;
-        levels: [N, K] level index of each; indices: [N, K] positions among the R anchors.
-    """
-
-    boxes: Tensor
-    scores: Tensor
-    levels: Tensor
-    indices: Tensor
+    boxes: Tensor  #: [N, K, 4] decoded, not yet clipped
+    scores: Tensor  #: [N, K] objectness probabilities
+    levels: Tensor  #: [N, K] pyramid level of each
+    indices: Tensor  #: [N, K] positions among the R anchors
 
 
 class RegionProposalNetwork(nn.Module):
@@ -198,7 +185,7 @@ class RegionProposalNetwork(nn.Module):
             :class:`BalancedPositiveNegativeSampler` of ``batch_size_per_image`` and
             ``positive_fraction``.
         box_similarity: keyword-only; ``(gt [G, 4], anchors [R, 4]) -> [G, R]`` quality fed to
-            the matcher. None: :func:`~rcnn_lab.ops.box_iou`.
+            the matcher. None: :func:`~rcnn_lab.ops.boxes.box_iou`.
 
     The three keyword-only parts are rcnn_lab's addition; torchvision builds them inside. With
     the defaults the module is torchvision's, attribute for attribute.

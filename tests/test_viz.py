@@ -12,7 +12,13 @@ import torch  # noqa: E402
 from rcnn_lab.viz import show_source  # noqa: E402
 from rcnn_lab.viz.draw import draw_boxes, show_image  # noqa: E402
 from rcnn_lab.viz.scene import SHAPE_CLASSES, jitter_boxes, toy_scene  # noqa: E402
-from rcnn_lab.viz.source import source_text  # noqa: E402
+from rcnn_lab.viz.source import (  # noqa: E402
+    docstring_markdown,
+    simplify_rest,
+    source_markdown,
+    source_text,
+    split_docstring,
+)
 
 
 def test_scene_is_deterministic_and_in_range():
@@ -71,3 +77,51 @@ def test_source_text_and_errors():
     with pytest.raises(ValueError, match="no Python source"):
         source_text(torch.add)
     assert show_source(toy_scene) is None  # displays through IPython
+
+
+class _Documented:
+    """A class whose docstring uses ``literals`` and :func:`~rcnn_lab.ops.nms`.
+
+    Args:
+        size: [N, 4] boxes, ``x1 < x2``; a long meaning that goes on
+            to a second line.
+        name: what to call it.
+
+    Returns:
+        the answer.
+    """
+
+    def method(self) -> int:
+        """Nested docstrings stay in the code, ``simplified``."""
+        return 42
+
+
+def test_show_source_is_a_collapsed_dropdown_titled_with_the_name():
+    text = source_markdown(_Documented)
+    lines = text.splitlines()
+    assert lines[0] == '<details class="rcnn-source">'  # closed: no `open` attribute
+    assert lines[1].startswith("<summary>Source of <code>_Documented</code> in <code>")
+    assert lines[-1] == "</details>"
+    assert "```python\nclass _Documented:\n    def method(self) -> int:" in text  # docstring out
+    assert '"""Nested docstrings stay in the code, `simplified`."""' in text
+    assert "``" not in text.replace("```", "") and ":func:" not in text
+    assert source_markdown(_Documented, title="Custom").splitlines()[1] == (
+        "<summary>Source of <code>Custom</code></summary>"
+    )
+
+
+def test_docstrings_render_as_markdown():
+    doc, code = split_docstring(source_text(_Documented))
+    assert doc.startswith("A class whose docstring") and '"""A class' not in code
+    md = docstring_markdown(doc)
+    assert "uses `literals` and `nms`." in md
+    assert "**Args**" in md and "**Returns**" in md
+    # one bullet per item, continuation lines joined, markup characters escaped
+    assert (
+        "- `size`: \\[N, 4\\] boxes, `x1 < x2`; a long meaning that goes on to a second line."
+        in md.splitlines()
+    )
+    assert "- `name`: what to call it." in md.splitlines()
+    assert "- the answer." in md.splitlines()
+    assert simplify_rest(":class:`rcnn_lab.Matcher` and ``x``") == "`rcnn_lab.Matcher` and `x`"
+    assert docstring_markdown("2**24 <= B, H*W") == "2\\*\\*24 \\<= B, H\\*W"

@@ -294,10 +294,11 @@ def bag_samples(samples: AdaptiveSamples, bags: Tensor) -> tuple[Tensor, Tensor,
     Args:
         samples: the corners of all RoIs (:func:`adaptive_grid_bags`).
         bags: [B, 4] rows of ``samples.bags``, consecutive bags.
+
     Returns:
-        rows, weights: [T * 4], the 4 corners of the T samples of these bags, bag after bag,
-            each bag's samples ordered (gy, gx).
-        offsets: [B] where each bag starts in ``rows``.
+        (rows, weights, offsets): rows and weights [T * 4] list the 4 corners of the T samples
+        of these bags, bag after bag, each bag's samples ordered (gy, gx); offsets [B] say where
+        each bag starts in ``rows``.
     """
     bag_size = bags[:, 3]  # [B]
     bag_first = torch.cumsum(bag_size, 0) - bag_size  # [B] where each bag starts among T
@@ -419,17 +420,11 @@ def _pooled_bins(
 
 
 class SampleGrid(NamedTuple):
-    """Where :func:`roi_align` samples one RoI (see :func:`sample_grid`).
+    """Where :func:`roi_align` samples one RoI (see :func:`sample_grid`)."""
 
-    Attributes:
-        corners: (x1, y1, x2, y2) of the RoI on the feature grid, in sampling coordinates.
-        ys: [ph * gh] y coordinates of its sample rows, bin after bin.
-        xs: [pw * gw] x coordinates of its sample columns, bin after bin.
-    """
-
-    corners: tuple[float, float, float, float]
-    ys: Tensor
-    xs: Tensor
+    corners: tuple[float, float, float, float]  #: (x1, y1, x2, y2) on the feature grid
+    ys: Tensor  #: [ph * gh] y coordinates of the sample rows, bin after bin
+    xs: Tensor  #: [pw * gw] x coordinates of the sample columns, bin after bin
 
 
 def sample_grid(
