@@ -75,11 +75,10 @@ execute: install
 lab: install
 	$(BIN)/jupyter lab book/
 
+## rcnn_lab vs torchvision side by side (ops, heads, models, a training step): a markdown table
+## and benchmarks/results/<machine>.json. BENCH_ARGS="--quick", "--only nms", "--device cuda".
 bench: install
-	$(BIN)/python benchmarks/bench_nms.py
-	$(BIN)/python benchmarks/bench_roi_align.py
-	$(BIN)/python benchmarks/bench_roi_pool.py
-	$(BIN)/python benchmarks/bench_nms_adversarial.py
+	$(BIN)/python -m benchmarks $(BENCH_ARGS)
 
 clean:
 	rm -rf _build .pytest_cache .ruff_cache

@@ -2,59 +2,32 @@
 
 Two inputs that stress an NMS which decides boxes in blocks:
 
-- **chain**: N boxes ``[i * STEP, 0, i * STEP + SIDE, SIDE]`` with decreasing scores. Each box
-  overlaps its neighbour above the threshold (IoU 8/12) but not the one after (IoU 6/14), so
-  greedy NMS keeps every other box and each decision depends on the one before it: the longest
-  possible chain of suppressions.
+- **chain** (:func:`benchmarks.scenes.chain_boxes`): each box overlaps its neighbour above the
+  threshold but not the one after, so greedy NMS keeps every other box and each decision
+  depends on the one before it: the longest possible chain of suppressions.
 - **many classes**: ``batched_nms`` over random boxes spread over many categories, so that
   every block of score-sorted boxes straddles several categories.
 
-Runs alternate (rcnn_lab, torchvision, rcnn_lab, ...) in one process, after a check that both
-keep exactly the same indices; each cell is the median of ``--repeats`` runs. "speed" is
+Runs alternate in one process (:func:`benchmarks.timing.time_alternating`), after a check that
+both keep exactly the same indices; each cell is the median of ``--repeats`` runs. "speed" is
 torchvision's time / rcnn_lab's time (above 1 = rcnn_lab faster). Prints a markdown table.
 
-    python benchmarks/bench_nms_adversarial.py [--chain 50000] [--repeats 3] [--threads 1]
+    python -m benchmarks.bench_nms_adversarial [--chain 50000] [--repeats 3] [--threads 1]
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from collections.abc import Callable
 
 import torch
 import torchvision
 
+from benchmarks import scenes
+from benchmarks.timing import median_ms, time_alternating
 from rcnn_lab.ops import batched_nms, nms
 
 IOU_THRESHOLD = 0.5
-SIDE, STEP = 10.0, 2.0  # neighbours: IoU (10-2)/(10+2) = 0.67; next but one: 6/14 = 0.43
-IMAGE = 1000.0
-MIN_SIDE, MAX_SIDE = 10.0, 100.0
-
-
-def chain_boxes(n: int, dtype: torch.dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """[n, 4] boxes sliding right by STEP, and [n] decreasing scores."""
-    x = torch.arange(n, dtype=dtype, device=device) * STEP
-    zeros = torch.zeros_like(x)
-    boxes = torch.stack([x, zeros, x + SIDE, zeros + SIDE], dim=1)  # [n, 4]
-    return boxes, torch.linspace(1, 0, n, dtype=dtype, device=device)
-
-
-def class_boxes(n: int, classes: int, device) -> tuple[torch.Tensor, ...]:
-    """[n, 4] uniformly placed boxes (sides 10..100 px), [n] scores and [n] categories."""
-    g = torch.Generator().manual_seed(n + classes)
-    xy = torch.rand(n, 2, generator=g) * IMAGE
-    wh = MIN_SIDE + torch.rand(n, 2, generator=g) * (MAX_SIDE - MIN_SIDE)
-    idxs = torch.randint(0, classes, (n,), generator=g)
-    scores = torch.rand(n, generator=g)
-    return torch.cat([xy, xy + wh], 1).to(device), scores.to(device), idxs.to(device)
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def bench(ours: Callable, theirs: Callable, device, repeats: int) -> tuple[float, float, int]:
@@ -62,15 +35,8 @@ def bench(ours: Callable, theirs: Callable, device, repeats: int) -> tuple[float
     kept = ours()
     if not torch.equal(kept, theirs()):
         raise AssertionError("rcnn_lab and torchvision disagree")
-    times: dict[Callable, list[float]] = {ours: [], theirs: []}
-    for _ in range(repeats):
-        for fn in (ours, theirs):
-            sync(device)
-            start = time.perf_counter()
-            fn()
-            sync(device)
-            times[fn].append(time.perf_counter() - start)
-    return statistics.median(times[ours]), statistics.median(times[theirs]), len(kept)
+    ms = median_ms(time_alternating({"ours": ours, "theirs": theirs}, device, repeats, warmup=0))
+    return ms["ours"] / 1e3, ms["theirs"] / 1e3, len(kept)
 
 
 def main() -> None:
@@ -93,29 +59,23 @@ def main() -> None:
     print("| case | N | kept | rcnn_lab s | torchvision s | speed (tv / ours) |")
     print("|---|---:|---:|---:|---:|---:|")
     tv = torchvision.ops
+    rows = []  # (name, N, rcnn_lab's function, torchvision's, inputs before the threshold)
     for n in args.chain:
         for dtype in (torch.float32, torch.float64):
-            b, s = chain_boxes(n, dtype, device)
-            ours, theirs, kept = bench(
-                lambda b=b, s=s: nms(b, s, IOU_THRESHOLD),
-                lambda b=b, s=s: tv.nms(b, s, IOU_THRESHOLD),
-                device,
-                args.repeats,
-            )
             name = f"chain, {str(dtype).removeprefix('torch.')}"
-            print(f"| {name} | {n} | {kept} | {ours:.3f} | {theirs:.3f} | {theirs / ours:.2f}x |")
+            rows.append((name, n, nms, tv.nms, scenes.chain_boxes(n, dtype, device)))
     for classes in args.classes:
-        b, s, i = class_boxes(args.boxes, classes, device)
+        inputs = scenes.class_boxes(args.boxes, classes, args.boxes + classes, device)
+        name = f"batched_nms, {classes} classes"
+        rows.append((name, args.boxes, batched_nms, tv.batched_nms, inputs))
+    for name, n, ours_fn, theirs_fn, inputs in rows:
         ours, theirs, kept = bench(
-            lambda b=b, s=s, i=i: batched_nms(b, s, i, IOU_THRESHOLD),
-            lambda b=b, s=s, i=i: tv.batched_nms(b, s, i, IOU_THRESHOLD),
+            lambda fn=ours_fn, inputs=inputs: fn(*inputs, IOU_THRESHOLD),
+            lambda fn=theirs_fn, inputs=inputs: fn(*inputs, IOU_THRESHOLD),
             device,
             args.repeats,
         )
-        name = f"batched_nms, {classes} classes"
-        print(
-            f"| {name} | {args.boxes} | {kept} | {ours:.3f} | {theirs:.3f} | {theirs / ours:.2f}x |"
-        )
+        print(f"| {name} | {n} | {kept} | {ours:.3f} | {theirs:.3f} | {theirs / ours:.2f}x |")
 
 
 if __name__ == "__main__":

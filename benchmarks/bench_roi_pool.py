@@ -1,21 +1,21 @@
 """Side-by-side timing of rcnn_lab.ops.roi_pool vs torchvision.ops.roi_pool, forward and backward.
 
-Runs alternate (rcnn_lab, torchvision, rcnn_lab, ...) in one process, so that load from other
-processes hits both alike; each cell is the median of ``--repeats`` runs, and the speed-up is
+Runs alternate in one process (:func:`benchmarks.timing.time_alternating`), so that load from
+other processes hits both alike; each cell is the median of ``--repeats`` runs, and the speed-up is
 torchvision ms / rcnn_lab ms (above 1: rcnn_lab is faster). Prints a markdown table.
 
-    python benchmarks/bench_roi_pool.py [--device cpu|cuda] [--repeats 7] [--threads 1]
+    python -m benchmarks.bench_roi_pool [--device cpu|cuda] [--repeats 7] [--threads 1]
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 import torchvision
 
+from benchmarks.scenes import make_rois
+from benchmarks.timing import median_ms, time_alternating
 from rcnn_lab.ops.roi_pool import roi_pool
 
 #: (name, N, C, H, W, K RoIs, spatial scale): a P4-like map for 2 images and a P2-like one.
@@ -26,23 +26,6 @@ SHAPES = [
 #: (name, backward?)
 MODES = [("forward", False), ("fwd+bwd", True)]
 OUTPUT_SIZE = 7
-#: RoI sides in feature pixels, the range FPN's level mapper sends to one level (2..28 px)
-MIN_SIDE, MAX_SIDE = 2.0, 28.0
-
-
-def make_rois(n: int, height: int, width: int, k: int, scale: float, device, seed: int = 0):
-    """[K, 5] RoIs in image pixels; about one in six pokes out of the image."""
-    g = torch.Generator().manual_seed(seed)
-    side = (MIN_SIDE + torch.rand(k, 2, generator=g) * (MAX_SIDE - MIN_SIDE)) / scale  # [K, 2]
-    image = torch.tensor([width, height]) / scale
-    xy = torch.rand(k, 2, generator=g) * (image * 1.2) - image * 0.1 - side / 2
-    ids = torch.randint(0, n, (k, 1), generator=g).float()
-    return torch.cat([ids, xy, xy + side], dim=1).to(device)
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def run_once(fn, x, rois, scale, backward, grad):
@@ -61,20 +44,14 @@ def bench_case(shape, backward: bool, device, repeats: int) -> dict:
     rois = make_rois(n, h, w, k, scale, device)
     grad = torch.randn(k, c, OUTPUT_SIZE, OUTPUT_SIZE, device=device)
     impls = {"rcnn_lab": roi_pool, "torchvision": torchvision.ops.roi_pool}
-    times: dict[str, list[float]] = {name: [] for name in impls}
-    for fn in impls.values():  # warm-up
-        run_once(fn, x, rois, scale, backward, grad)
     with torch.no_grad():
         ours = roi_pool(x, rois, OUTPUT_SIZE, scale)
         equal = torch.equal(ours, torchvision.ops.roi_pool(x, rois, OUTPUT_SIZE, scale))
-    for _ in range(repeats):
-        for name, fn in impls.items():
-            sync(device)
-            start = time.perf_counter()
-            run_once(fn, x, rois, scale, backward, grad)
-            sync(device)
-            times[name].append(time.perf_counter() - start)
-    return {"ms": {name: statistics.median(t) * 1e3 for name, t in times.items()}, "equal": equal}
+    calls = {
+        name: lambda fn=fn: run_once(fn, x, rois, scale, backward, grad)
+        for name, fn in impls.items()
+    }
+    return {"ms": median_ms(time_alternating(calls, device, repeats)), "equal": equal}
 
 
 def main() -> None:

@@ -343,6 +343,106 @@ def test_sequential_scan_matches_torchvision(data, threshold, num_classes, round
         assert torch.equal(ours, _batched_nms_vanilla(boxes, scores, idxs, threshold))
 
 
+# --------------------------------------------------------------------------- the accelerator path
+# The dense path (every pair at once, decisions in rounds, one flag read back per 8 rounds) runs
+# on accelerators; these tests run it on the CPU by emptying the set of blocked-path devices.
+
+
+def _dense(patch: pytest.MonkeyPatch, **settings_) -> None:
+    patch.setattr(boxes_module, "_BLOCKED_DEVICES", set())
+    for name, value in settings_.items():
+        patch.setattr(boxes_module, name, value)
+
+
+@settings(max_examples=60, deadline=None)
+@given(box_sets(max_n=80), thresholds, st.integers(1, 6), st.integers(1, 3))
+def test_dense_path_matches_torchvision(data, threshold, num_classes, rounds):
+    # 1-3 rounds per check and at most 2 checks: chains of ties and nesting also reach the
+    # fallback (the blocked path) after a partial dense solve
+    from torchvision.ops.boxes import _batched_nms_vanilla
+
+    boxes, scores = data
+    idxs = (torch.arange(len(boxes)) * 5) % num_classes
+    with pytest.MonkeyPatch.context() as patch:
+        _dense(patch, _DENSE_ROUNDS=rounds, _DENSE_CHECKS=2, _DENSE_PAIR_BUDGET=97)
+        assert torch.equal(ops.nms(boxes, scores, threshold), tv.nms(boxes, scores, threshold))
+        ours = ops.batched_nms(boxes, scores, idxs, threshold)
+        assert torch.equal(ours, tv.batched_nms(boxes, scores, idxs, threshold))
+        if len(boxes):
+            ours = boxes_module._per_class_nms(boxes, scores, idxs, threshold)
+            assert torch.equal(ours, _batched_nms_vanilla(boxes, scores, idxs, threshold))
+
+
+@pytest.mark.parametrize("make", [_uniform, _clustered])
+@pytest.mark.parametrize("n", [0, 1, 2, 300, 1000])
+def test_dense_path_matches_torchvision_sizes(make, n):
+    with pytest.MonkeyPatch.context() as patch:
+        _dense(patch)
+        for dtype in DTYPES:
+            boxes, scores = make(n, seed=n, dtype=dtype)
+            for threshold in (0.3, 0.5, 0.7):
+                assert torch.equal(
+                    ops.nms(boxes, scores, threshold), tv.nms(boxes, scores, threshold)
+                )
+
+
+def test_dense_path_adversarial_sets():
+    dup = torch.tensor([[1.0, 1, 4, 4]] * 7)
+    nested = torch.tensor(
+        [[0.0, 0, 8, 8], [1, 1, 7, 7], [2, 2, 6, 6], [3, 3, 5, 5], [3.5, 3.5, 4.5, 4.5]]
+    )
+    flat = torch.tensor([[1.0, 1, 1, 5], [1, 1, 1, 5], [0, 0, 0, 0], [0, 0, 2, 2]])  # 0/0 IoUs
+    chain, _ = _chain(300, torch.float64)  # 150 rounds: longer than the dense checks allow
+    for boxes in (dup, nested, flat, chain):
+        for dtype in DTYPES:
+            b = boxes.to(dtype)
+            for scores in (
+                torch.ones(len(b), dtype=dtype),
+                torch.linspace(1, 0, len(b), dtype=dtype),
+            ):
+                for threshold in THRESHOLDS:
+                    with pytest.MonkeyPatch.context() as patch:
+                        _dense(patch)
+                        ours = ops.nms(b, scores, threshold)
+                    assert torch.equal(ours, tv.nms(b, scores, threshold))
+
+
+def test_dense_path_reads_the_host_twice():
+    from benchmarks.timing import OpCounter
+
+    boxes, scores = _clustered(1000, seed=5)
+    idxs = torch.arange(1000) % 7
+    with pytest.MonkeyPatch.context() as patch:
+        _dense(patch)
+        with OpCounter() as counter:
+            keep = ops.nms(boxes, scores, 0.5)
+            per_class = boxes_module._per_class_nms(boxes, scores, idxs, 0.5)
+    assert counter.sync_ops == {"_local_scalar_dense": 2, "nonzero": 2}  # per call: flag, keep
+    assert torch.equal(keep, tv.nms(boxes, scores, 0.5))
+    from torchvision.ops.boxes import _batched_nms_vanilla
+
+    assert torch.equal(per_class, _batched_nms_vanilla(boxes, scores, idxs, 0.5))
+
+
+def test_dense_path_hands_long_chains_and_large_inputs_to_the_blocked_path():
+    boxes, scores = _chain(300, torch.float32)
+    calls = []
+    greedy_keep = boxes_module._greedy_keep
+
+    def counting_greedy_keep(*args):
+        calls.append(args[0].shape[1])
+        return greedy_keep(*args)
+
+    with pytest.MonkeyPatch.context() as patch:
+        _dense(patch, _greedy_keep=counting_greedy_keep)
+        assert torch.equal(ops.nms(boxes, scores, 0.5), tv.nms(boxes, scores, 0.5))  # chain
+        short, short_scores = boxes[:20], scores[:20]  # 10 rounds: dense
+        assert torch.equal(ops.nms(short, short_scores, 0.5), tv.nms(short, short_scores, 0.5))
+        patch.setattr(boxes_module, "_DENSE_MAX_BOXES", 10)  # too large for the dense matrices
+        assert torch.equal(ops.nms(short, short_scores, 0.5), tv.nms(short, short_scores, 0.5))
+    assert calls == [300, 20]
+
+
 # --------------------------------------------------------------------------- float16, autocast
 
 

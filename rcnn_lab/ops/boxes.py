@@ -42,6 +42,18 @@ _GATHER_BELOW = 4096
 _WORD_BITS = 64
 _WORD_MASK = (1 << _WORD_BITS) - 1
 _BIT_VALUES = [1 << k for k in range(_WORD_BITS - 1)] + [-(1 << (_WORD_BITS - 1))]
+# Devices whose NMS runs the blocked, data-dependent path (:func:`_greedy_keep`): there, reading a
+# value back costs no more than Python reading memory. Every other device (an accelerator) runs
+# the dense path (:func:`_dense_keep`), which reads back one flag per _DENSE_ROUNDS rounds.
+_BLOCKED_DEVICES = {"cpu"}
+# The dense path holds a [N, N] bool and a [N, N] float32 matrix: 8192 boxes take 335 MB.
+_DENSE_MAX_BOXES = 8192
+# Box pairs compared at once on an accelerator: float32 temporaries of 16-32 MiB each.
+_DENSE_PAIR_BUDGET = 1 << 22
+# Rounds of the dense resolution between two checks of "every box decided", and the checks made
+# before the blocked path takes over (a chain of suppressions longer than 32).
+_DENSE_ROUNDS = 8
+_DENSE_CHECKS = 4
 # torchvision's size switch in batched_nms: above this many coordinates it runs NMS class by class.
 _PER_CLASS_NUMEL = {"cpu": 4000}
 _PER_CLASS_NUMEL_OTHER = 100_000
@@ -444,6 +456,62 @@ def _greedy_keep(cols: Tensor, thr: float, labels: Tensor | None = None) -> Tens
     return torch.cat(winners)
 
 
+def _dense_overlaps(cols: Tensor, thr: float, labels: Tensor | None) -> Tensor:
+    """[N, N] bool: box i overlaps box j above thr (same label) and i < j; ``cols`` is [5, N].
+
+    IoU is symmetric bit for bit (max, min and the sum of the two areas commute), so row i
+    holds what torchvision's loop computes when it meets box i kept.
+    """
+    n = cols.shape[1]
+    over = torch.zeros((n, n), dtype=torch.bool, device=cols.device)
+    rows = max(1, _DENSE_PAIR_BUDGET // n)
+    for start in range(0, n, rows):
+        stop = min(n, start + rows)
+        pair_labels = None if labels is None else (labels[start:stop], labels[start:])
+        over[start:stop, start:] = _overlaps(cols[:, start:stop], cols[:, start:], thr, pair_labels)
+    return over.triu_(diagonal=1)
+
+
+def _dense_keep(cols: Tensor, thr: float, labels: Tensor | None = None) -> Tensor | None:
+    """Positions (ascending) that greedy NMS keeps among score-sorted boxes ``cols`` [5, N].
+
+    Every pair is compared at once (:func:`_dense_overlaps`), then boxes are decided in rounds:
+    a box is suppressed as soon as a kept box above it overlaps it, and kept as soon as every
+    box above it that overlaps it is suppressed. Each round decides at least the first
+    undecided box, and decisions are final, so this is greedy NMS exactly; a round is one
+    [N, N] x [N, 2] product that counts, for every box, the kept and the undecided boxes above
+    it that overlap it (integers below 2**24: exact in float32). The host reads one flag per
+    ``_DENSE_ROUNDS`` rounds, and the kept positions: two syncs for typical scenes. Returns
+    None when boxes are still undecided after ``_DENSE_CHECKS`` checks (a long chain of
+    suppressions); the blocked path then solves it.
+    """
+    hit_by = _dense_overlaps(cols, thr, labels).t().float()  # [N, N] row j: boxes that can hit j
+    n = hit_by.shape[0]
+    kept = torch.zeros(n, dtype=hit_by.dtype, device=hit_by.device)  # [N] 1.0: decided, kept
+    undecided = torch.ones_like(kept)  # [N]
+    for _ in range(_DENSE_CHECKS):
+        for _ in range(_DENSE_ROUNDS):
+            counts = hit_by @ torch.stack((kept, undecided), dim=1)  # [N, 2]
+            newly_kept = undecided * (counts == 0).all(dim=1)
+            suppressed = undecided * (counts[:, 0] > 0)
+            kept = kept + newly_kept
+            undecided = undecided - newly_kept - suppressed
+        if not undecided.any():  # sync: one flag per _DENSE_ROUNDS rounds
+            return kept.nonzero().squeeze(1)
+    return None
+
+
+def _keep_positions(cols: Tensor, thr: float, labels: Tensor | None = None) -> Tensor:
+    """Positions (ascending) that greedy NMS keeps among score-sorted boxes ``cols`` [5, N].
+
+    The dense path on accelerators (few syncs, O(N^2) work in parallel) when N is small enough
+    for its matrices, else the blocked path (little work, a few syncs per block).
+    """
+    dense = cols.device.type not in _BLOCKED_DEVICES and cols.shape[1] <= _DENSE_MAX_BOXES
+    keep = _dense_keep(cols, thr, labels) if dense else None
+    return _greedy_keep(cols, thr, labels) if keep is None else keep
+
+
 def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     """Exact greedy non-maximum suppression, vectorised (no Python loop over boxes).
 
@@ -471,7 +539,9 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     (K kept; torchvision's loop does that work) plus O(B^2) per block, and O(N * B) for a chain
     of boxes. Memory: O(N) for the sorted boxes, O(B^2) per block and at most 128 Ki box pairs
     (float temporaries of 0.5 MiB) at a time, whatever N. Host synchronisations: a few per
-    block, none per box.
+    block, none per box. That is the CPU's path; on an accelerator (up to 8192 boxes) every
+    pair is compared at once and boxes are decided in rounds of one [N, N] product each, with
+    two host syncs per call for typical scenes (:func:`_dense_keep`).
     """
     _check_nms_inputs(boxes, scores)
     thr = _threshold_value(iou_threshold)
@@ -480,7 +550,7 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     boxes, scores = _upcast(boxes), _upcast(scores)  # float16/bfloat16 -> float32
     order = torch.sort(scores, dim=0, descending=True, stable=True).indices
     with autocast_off(boxes.device.type):
-        keep = _greedy_keep(_sorted_columns(boxes, order), _threshold_below(thr, boxes.dtype))
+        keep = _keep_positions(_sorted_columns(boxes, order), _threshold_below(thr, boxes.dtype))
     return order[keep]
 
 
@@ -491,7 +561,7 @@ def _per_class_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: f
     by_class = torch.sort(idxs[by_score], dim=0, stable=True).indices
     order = by_score[by_class]  # [N] class ascending, then score descending, then index
     with autocast_off(boxes.device.type):
-        keep = _greedy_keep(_sorted_columns(_upcast(boxes), order), thr, idxs[order])
+        keep = _keep_positions(_sorted_columns(_upcast(boxes), order), thr, idxs[order])
     kept = torch.sort(order[keep]).values  # ascending box index, like a boolean keep mask
     # same (non-stable) sort call as torchvision's per-class path, on the scores as given, so
     # that ties come out alike
