@@ -19,7 +19,7 @@ from typing import Any
 import matplotlib.pyplot as plt
 
 #: Resolution multiplier of the pre-drawn PNGs, so they stay sharp on high-density screens.
-PIXEL_RATIO = 2
+PIXEL_RATIO = 1.5
 #: The line shown above the settings.
 NOTE = (
     "Pre-drawn settings of the explorer above: pick one. The sliders themselves need a running "
@@ -53,7 +53,7 @@ def render_png(
         plt.show = original_show
     figure = shown[-1] if shown else plt.gcf()
     buffer = io.BytesIO()
-    options = {"pil_kwargs": {"quality": 85}} if image_format == "jpeg" else {}
+    options = {"pil_kwargs": {"quality": 80}} if image_format == "jpeg" else {}
     figure.savefig(
         buffer,
         format=image_format,
