@@ -13,6 +13,7 @@ from rcnn_lab.data import ShapesDataset, train_transforms
 from rcnn_lab.engine import (
     CheckpointError,
     NonFiniteLossError,
+    NonFiniteWeightsError,
     TrainConfig,
     build_model,
     checkpoint_state,
@@ -23,6 +24,7 @@ from rcnn_lab.engine import (
     train,
 )
 from rcnn_lab.engine.config import lr_factor
+from rcnn_lab.engine.divergence import first_non_finite
 
 TINY = {"widths": (4, 8, 8, 8, 8), "fpn_channels": 8, "representation_size": 16,
         "min_size": 64, "max_size": 64}  # fmt: skip
@@ -118,8 +120,71 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path):
     assert (error.value.iteration, error.value.term) == (3, "loss_box_reg")
     state = load_checkpoint(tmp_path / "last.pt")
     assert state["iteration"] == 2
-    for name, parameter in model.named_parameters():  # no step was taken with the NaN
-        assert torch.equal(state["model"][name], parameter.detach())
+    for name, value in model.state_dict().items():  # no step was taken with the NaN
+        assert torch.equal(state["model"][name], value), name
+
+
+def test_non_finite_loss_leaves_the_model_as_before_that_iteration(tmp_path):
+    """A NaN forward pass updates BatchNorm's running statistics before the loss exists: the
+    stop must undo that, so the model in memory equals the last checkpoint, buffers included."""
+    model = tiny_model()
+    first_conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    calls = []
+
+    def poison_third_call(module, inputs, output):  # NaN features -> NaN statistics and loss
+        calls.append(len(calls) + 1)
+        return output * math.nan if len(calls) == 3 else output
+
+    first_conv.register_forward_hook(poison_third_call)
+    with pytest.raises(NonFiniteLossError, match="iteration 3: "):
+        train(model, shapes("train", 4), iterations=5, checkpoint_every=1, out_dir=tmp_path,
+              **FAST)  # fmt: skip
+    state = load_checkpoint(tmp_path / "last.pt")
+    assert state["iteration"] == 2
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert norms and all(int(m.num_batches_tracked) == 2 for m in norms)
+    for name, value in model.state_dict().items():
+        assert torch.equal(state["model"][name], value), name
+
+
+class SqrtAt(nn.Module):
+    """Wraps a detector; adds sqrt(p) with p = 0 to the box loss at training call ``at``: a
+    finite loss (0) whose gradient is infinite, so the step makes ``p`` -inf."""
+
+    def __init__(self, model: nn.Module, at: int):
+        super().__init__()
+        self.p = nn.Parameter(torch.zeros(1))
+        self.model, self.at, self.calls = model, at, 0
+
+    def forward(self, images, targets=None):
+        out = self.model(images, targets)
+        if self.training:
+            self.calls += 1
+            if self.calls == self.at:
+                out = {**out, "loss_box_reg": out["loss_box_reg"] + self.p.sqrt().sum()}
+        return out
+
+
+def test_non_finite_weights_are_never_saved(tmp_path):
+    model = SqrtAt(tiny_model(), at=3)
+    with pytest.raises(NonFiniteWeightsError, match="after iteration 3: p holds -inf") as error:
+        train(model, shapes("train", 4), iterations=5, checkpoint_every=1, out_dir=tmp_path,
+              **FAST)  # fmt: skip
+    assert isinstance(error.value, NonFiniteLossError)  # one except clause catches both
+    assert (error.value.iteration, error.value.term) == (3, "p")
+    state = load_checkpoint(tmp_path / "last.pt")  # the last good checkpoint is intact
+    assert state["iteration"] == 2
+    assert all(
+        value.isfinite().all() for value in state["model"].values() if value.is_floating_point()
+    )
+
+
+def test_weights_are_checked_at_the_logging_cadence_too(tmp_path):
+    model = SqrtAt(tiny_model(), at=1)  # no checkpoint before iteration 4; a log every one
+    with pytest.raises(NonFiniteWeightsError, match="after iteration 1: p holds -inf"):
+        train(model, shapes("train", 4), iterations=4, checkpoint_every=4, out_dir=tmp_path,
+              **FAST)  # fmt: skip
+    assert not (tmp_path / "last.pt").exists()
 
 
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
@@ -185,3 +250,19 @@ def test_checkpoints_are_readable_by_others(tmp_path):
     model = tiny_model()
     train(model, shapes("train", 4), iterations=1, out_dir=tmp_path, **FAST)
     assert (tmp_path / "last.pt").stat().st_mode & 0o777 == 0o644
+
+
+def test_first_non_finite_names_the_tensor_and_ignores_large_finite_sums():
+    layer = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
+    assert first_non_finite(layer) is None
+    with torch.no_grad():
+        layer[1].running_var[1] = math.inf
+    assert first_non_finite(layer) == ("1.running_var", math.inf)
+    with torch.no_grad():
+        layer[0].bias[0] = math.nan
+    name, value = first_non_finite(layer)
+    assert name == "0.bias" and math.isnan(value)
+    ones = nn.Linear(256, 512).half()  # fp16 sums past 65504 must not read as overflow
+    with torch.no_grad():
+        ones.weight.fill_(1.0)
+    assert first_non_finite(ones) is None

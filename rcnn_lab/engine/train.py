@@ -1,7 +1,8 @@
 """The training loop: one process or DDP, AMP, logging, evaluation, atomic and exact checkpoints.
 
 One iteration reads a batch, sums the detector's losses (the four of Faster R-CNN), checks that
-they are finite, and takes one optimiser and one schedule step. Every ``log_every`` iterations
+they are finite, and takes one optimiser and one schedule step; before each log and checkpoint
+the weights are checked too (:mod:`~rcnn_lab.engine.divergence`). Every ``log_every`` iterations
 the losses (averaged over ranks) go to ``logging``, ``out_dir/metrics.jsonl`` and TensorBoard;
 every ``eval_every`` the model is evaluated (:func:`~rcnn_lab.engine.evaluate`) and ``last.pt``
 and ``best.pt`` (highest val AP) are written.
@@ -31,6 +32,12 @@ from rcnn_lab.data import collate
 from rcnn_lab.engine import checkpoint as ckpt
 from rcnn_lab.engine import distributed
 from rcnn_lab.engine.config import TrainConfig, build_optimizer, build_scheduler
+from rcnn_lab.engine.divergence import (
+    NonFiniteLossError,
+    NonFiniteWeightsError,
+    buffers_restored_on_error,
+    first_non_finite,
+)
 from rcnn_lab.engine.evaluate import evaluate
 from rcnn_lab.engine.metrics_log import MetricsLog
 
@@ -43,23 +50,6 @@ LOSS_ABBREVIATIONS = {
     "loss_classifier": "cls",
     "loss_box_reg": "box",
 }
-
-
-class NonFiniteLossError(FloatingPointError):
-    """A loss became NaN or infinite; training stopped before the step that would apply it.
-
-    Attributes:
-        iteration: the 1-based iteration whose loss was not finite.
-        term: the name of the first non-finite loss (e.g. ``"loss_classifier"``).
-        value: its value.
-    """
-
-    def __init__(self, iteration: int, term: str, value: float):
-        self.iteration, self.term, self.value = iteration, term, value
-        super().__init__(
-            f"non-finite loss at iteration {iteration}: {term} = {value}; training stopped "
-            "(the last checkpoint was left as it was)"
-        )
 
 
 @dataclass
@@ -150,7 +140,10 @@ class _Trainer:
             while self.iteration < stop:
                 epoch, skip = divmod(self.iteration, self.iters_per_epoch)
                 for images, targets in self._loader(epoch, skip):
-                    losses = self._step(images, targets)
+                    # a NaN loss stops the run; its forward pass must not leave its BatchNorm
+                    # statistics behind in the model
+                    with buffers_restored_on_error(self.module, NonFiniteLossError):
+                        losses = self._step(images, targets)
                     self.iteration += 1
                     bar.update()
                     short = {LOSS_ABBREVIATIONS.get(k, k): f"{v:.3f}" for k, v in losses.items()}
@@ -200,11 +193,22 @@ class _Trainer:
         self.log.add(losses)
         if it % cfg.log_every == 0 or it == stop:
             self.log.train(it, epoch, self.lr, images=cfg.batch_size * self.info.world_size)
-        # every rank takes the same branches: _save is a collective
+        # every rank takes the same branches: _check_weights and _save are collectives
         evaluated = self.val_data is not None and (it % eval_every == 0 or it == self.total)
+        save = it % (cfg.checkpoint_every or eval_every) == 0 or it == stop or evaluated
+        if save or it % cfg.log_every == 0:
+            self._check_weights()  # never evaluate or save NaN weights
         improved = self._evaluate(epoch) if evaluated else False  # only rank 0 knows
-        if it % (cfg.checkpoint_every or eval_every) == 0 or it == stop or evaluated:
+        if save:
             self._save(epoch, best=improved)
+
+    def _check_weights(self) -> None:
+        """Stop with NonFiniteWeightsError when any rank's weights or buffers hold NaN or inf."""
+        found = first_non_finite(self.module)
+        flag = torch.tensor([float(found is not None)], device=self.device)
+        if distributed.all_reduce_mean(flag).item() > 0:  # every rank stops at the same point
+            name, value = found or ("a buffer of another process", math.nan)
+            raise NonFiniteWeightsError(self.iteration, name, value)
 
     def _evaluate(self, epoch: int) -> bool:
         """Evaluate on rank 0; True when the val AP is the best so far."""
@@ -303,7 +307,10 @@ def train(
     writes files and evaluates.
 
     Raises:
-        NonFiniteLossError: a loss became NaN or infinite (no step taken with it).
+        NonFiniteLossError: a loss became NaN or infinite (no step taken with it; the model's
+            parameters and buffers are those of the iteration before).
+        NonFiniteWeightsError: a step made a weight NaN or infinite (found at the next
+            logging or checkpoint iteration, before anything is saved).
         ValueError: a bad setting or an empty training set.
         TypeError: ``train_data`` is a DataLoader (pass its dataset).
         CheckpointError: ``resume`` is not a training checkpoint of this model.
