@@ -3,7 +3,7 @@
 Both detectors are built by their own builder with ``weights=None, weights_backbone=None`` and
 share one state_dict. Random weights are made realistic first (on torchvision's model, at a
 small image size to keep it quick): BatchNorm statistics measured on one pass and final layers
-whose scores spread (``rcnn_lab.viz.roi_heads``), so that NMS and the score threshold see the
+whose scores spread (``rcnn_lab.testing``), so that NMS and the score threshold see the
 work a trained model gives them. Every BatchNorm is then frozen (torchvision's FrozenBatchNorm2d
 in torchvision's model, rcnn_lab's in ours), the layout of the pretrained detectors, and the
 trunk's first two stages stop training, as with pretrained weights (3 trainable stages).
@@ -55,7 +55,7 @@ def freeze_batchnorm(module: nn.Module, frozen: type) -> None:
 def _realistic_weights(model: nn.Module) -> None:
     """Measured BatchNorm statistics and spread head outputs, computed at a small image size."""
     # imported here: rcnn_lab.viz pulls in matplotlib, which the op cases do not need
-    from rcnn_lab.viz.roi_heads import calibrate_batchnorm, spread_head_weights
+    from rcnn_lab.testing import calibrate_batchnorm, spread_head_weights
 
     size = (model.transform.min_size, model.transform.max_size)
     model.transform.min_size, model.transform.max_size = CALIBRATION.values()
