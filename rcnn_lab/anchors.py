@@ -168,7 +168,7 @@ class AnchorGenerator(nn.Module):
 
         Args:
             image_list: the padded batch; its ``tensors`` [N, 3, H_img, W_img] give the strides.
-            feature_maps: L tensors [N, C, H_l, W_l]; the first one sets dtype and device.
+            feature_maps: L tensors [N, D, H_l, W_l]; the first one sets dtype and device.
         """
         if len(feature_maps) != len(self.cell_anchors):
             raise ValueError(

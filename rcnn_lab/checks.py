@@ -40,7 +40,7 @@ def check_callables(**parts: object) -> None:
 
 
 def check_images(images: object, channels: int | None = None) -> list[Tensor]:
-    """A non-empty list (or tuple, or [N, C, H, W] tensor) of [C, H, W] float tensors with
+    """A non-empty list (or tuple, or [N, D, H, W] tensor) of [D, H, W] float tensors with
     H, W > 0 (C = ``channels`` when given); returns them as a list.
 
     Raises:
@@ -48,14 +48,14 @@ def check_images(images: object, channels: int | None = None) -> list[Tensor]:
         InputTypeError: not a list of tensors, or an image that is not floating point.
     """
     if isinstance(images, Tensor) and images.dim() == 4:
-        images = list(images)  # a batch tensor [N, C, H, W] is N images, as in torchvision
+        images = list(images)  # a batch tensor [N, D, H, W] is N images, as in torchvision
     if not isinstance(images, (list, tuple)):
         raise InputTypeError(
-            f"images: expected a list of [C, H, W] tensors, got {describe(images)}"
+            f"images: expected a list of [D, H, W] tensors, got {describe(images)}"
         )
     if len(images) == 0:
-        raise ValueError("images: expected a non-empty list of [C, H, W] tensors, got []")
-    expected = "[C, H, W]" if channels is None else f"[{channels}, H, W]"
+        raise ValueError("images: expected a non-empty list of [D, H, W] tensors, got []")
+    expected = "[D, H, W]" if channels is None else f"[{channels}, H, W]"
     for index, image in enumerate(images):
         if not isinstance(image, Tensor):
             raise InputTypeError(f"images[{index}]: expected a Tensor, got {describe(image)}")

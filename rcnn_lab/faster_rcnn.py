@@ -106,7 +106,7 @@ def check_inputs(
 ) -> None:
     """Raise ValueError on inputs torchvision would reject, and on non-finite values.
 
-    Images must be a non-empty list of [C, H, W] float tensors (or one [N, C, H, W] tensor); in
+    Images must be a non-empty list of [D, H, W] float tensors (or one [N, D, H, W] tensor); in
     training, targets must be given, one per image, each with "boxes" [G, 4] float and
     "labels" [G] int64. Images and boxes must be free of NaN and inf. The checks, messages and
     exception types are :mod:`rcnn_lab.checks`'s.

@@ -5,7 +5,7 @@ trains with 2 images per GPU), far too few to estimate per-channel batch statist
 ImageNet trunk's BatchNorm layers are therefore "frozen": their running mean/variance and their
 scale/shift are kept as constants, and each layer is one per-channel affine map.
 
-Shapes: N images, C channels, H x W feature grid.
+Shapes: N images, D channels, H x W feature grid.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ class FrozenBatchNorm2d(nn.Module):
     ``num_batches_tracked`` (silently dropped when loading a BatchNorm state_dict).
 
     Args:
-        num_features: number of channels C of the expected [N, C, H, W] input.
+        num_features: number of channels D of the expected [N, D, H, W] input.
         eps: added to the variance before the square root, for numerical stability.
     """
 
@@ -56,16 +56,16 @@ class FrozenBatchNorm2d(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        """Normalise ``x`` [N, C, H, W] channel by channel; returns [N, C, H, W]."""
+        """Normalise ``x`` [N, D, H, W] channel by channel; returns [N, D, H, W]."""
         if x.dim() != 4 or x.shape[1] != self.weight.shape[0]:
             raise ValueError(
                 f"x: expected [N, {self.weight.shape[0]}, H, W], got shape {tuple(x.shape)}"
             )
         # Fold the four vectors into one scale and one shift per channel: a single multiply-add
         # over the big tensor instead of four elementwise passes.
-        scale = self.weight * torch.rsqrt(self.running_var + self.eps)  # [C]
-        shift = self.bias - self.running_mean * scale  # [C]
-        return x * scale.reshape(1, -1, 1, 1) + shift.reshape(1, -1, 1, 1)  # [N, C, H, W]
+        scale = self.weight * torch.rsqrt(self.running_var + self.eps)  # [D]
+        shift = self.bias - self.running_mean * scale  # [D]
+        return x * scale.reshape(1, -1, 1, 1) + shift.reshape(1, -1, 1, 1)  # [N, D, H, W]
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.weight.shape[0]}, eps={self.eps})"

@@ -19,7 +19,7 @@ class ImageList:
     """A batch of images padded to a common size, plus each image's size before padding.
 
     Args:
-        tensors: [N, C, H, W] padded images (or any tensor whose batch dimension is first).
+        tensors: [N, D, H, W] padded images (or any tensor whose batch dimension is first).
         image_sizes: N pairs ``(height, width)`` in pixels, the size of each image before padding.
     """
 

@@ -106,7 +106,7 @@ class RPNHead(nn.Module):
                 if isinstance(x, (list, tuple))
                 else type(x).__name__
             )
-            raise ValueError(f"x must be a list of [N, C, H, W] feature maps, got {seen}")
+            raise ValueError(f"x must be a list of [N, D, H, W] feature maps, got {seen}")
         logits, bbox_reg = [], []
         for feature in x:
             hidden = self.conv(feature)
@@ -428,7 +428,7 @@ class RegionProposalNetwork(nn.Module):
 
         Args:
             images: the padded batch (its ``image_sizes`` fix the anchors).
-            features: L feature maps [N, C, H, W] by name.
+            features: L feature maps [N, D, H, W] by name.
         """
         _check_batch(images, features)
         feature_maps = list(features.values())
@@ -453,7 +453,7 @@ class RegionProposalNetwork(nn.Module):
 
         Args:
             images: the padded batch (its ``image_sizes`` clip the proposals).
-            features: L feature maps [N, C, H, W], e.g. an FPN's ``{"0": ..., "pool": ...}``.
+            features: L feature maps [N, D, H, W], e.g. an FPN's ``{"0": ..., "pool": ...}``.
             targets: in training, N dicts with ``boxes`` [G, 4] (x1, y1, x2, y2) in pixels.
 
         Returns:

@@ -44,7 +44,7 @@ class ResidualBlock(nn.Module):
         self.relu = nn.ReLU(inplace=True)
 
     def forward(self, x: Tensor) -> Tensor:
-        """[N, C, H, W] -> [N, C, H, W]."""
+        """[N, D, H, W] -> [N, D, H, W]."""
         return self.relu(x + self.bn2(self.conv2(self.conv1(x))))
 
 

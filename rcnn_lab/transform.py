@@ -9,7 +9,7 @@ common size divisible by ``size_divisible`` (32 = the coarsest FPN stride, so ev
 grid lines up), and the ground-truth boxes are scaled with their image. After detection,
 ``postprocess`` scales the predicted boxes back to the original image sizes.
 
-Shapes: N images, C = 3 colour channels, H x W an image's size, G ground-truth boxes.
+Shapes: N images, D = 3 colour channels, H x W an image's size, G ground-truth boxes.
 """
 
 from __future__ import annotations
@@ -148,7 +148,7 @@ class GeneralizedRCNNTransform(nn.Module):
         return ImageList(batch, image_sizes), targets
 
     def _check_inputs(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None) -> None:
-        """ValueError for an empty list, non-[C, H, W] images or targets that do not fit (the
+        """ValueError for an empty list, non-[D, H, W] images or targets that do not fit (the
         shared checks of :mod:`rcnn_lab.checks`; only boxes are needed here)."""
         check_images(images, channels=len(self.image_mean))
         if targets is not None:
@@ -163,7 +163,7 @@ class GeneralizedRCNNTransform(nn.Module):
             )
         mean = torch.as_tensor(self.image_mean, dtype=image.dtype, device=image.device)
         std = torch.as_tensor(self.image_std, dtype=image.dtype, device=image.device)
-        return (image - mean[:, None, None]) / std[:, None, None]  # [C, 1, 1] broadcast over H, W
+        return (image - mean[:, None, None]) / std[:, None, None]  # [D, 1, 1] broadcast over H, W
 
     def torch_choice(self, k: list[int] | tuple[int, ...]) -> int:
         """A uniform random element of ``k``, drawn from torch's global RNG (seeded by
@@ -174,7 +174,7 @@ class GeneralizedRCNNTransform(nn.Module):
     def resize(
         self, image: Tensor, target: dict[str, Tensor] | None = None
     ) -> tuple[Tensor, dict[str, Tensor] | None]:
-        """Resize one [C, H, W] image (and its target, in place in ``target``) by the size rules."""
+        """Resize one [D, H, W] image (and its target, in place in ``target``) by the size rules."""
         height, width = image.shape[-2:]
         if self.training:
             if self._skip_resize:
@@ -194,7 +194,7 @@ class GeneralizedRCNNTransform(nn.Module):
     def _resize_image_and_masks(
         self, image: Tensor, short_side: int, target: dict[str, Tensor] | None
     ) -> tuple[Tensor, dict[str, Tensor] | None]:
-        """Bilinear resize of [C, H, W] by one scale (or to ``fixed_size``); masks nearest."""
+        """Bilinear resize of [D, H, W] by one scale (or to ``fixed_size``); masks nearest."""
         if self.fixed_size is not None:
             size = [self.fixed_size[1], self.fixed_size[0]]  # fixed_size is (w, h)
             scale, recompute = None, None
@@ -213,7 +213,7 @@ class GeneralizedRCNNTransform(nn.Module):
             # from those integer sizes (not the requested float) fixes the bilinear sample points.
             recompute = True
         image = F.interpolate(
-            image[None],  # [1, C, H, W]
+            image[None],  # [1, D, H, W]
             size=size,
             scale_factor=scale,
             mode="bilinear",
@@ -231,7 +231,7 @@ class GeneralizedRCNNTransform(nn.Module):
         return image, target
 
     def batch_images(self, images: list[Tensor], size_divisible: int = 32) -> Tensor:
-        """Zero-pad [C, H_i, W_i] images at the bottom/right into one [N, C, H, W] tensor,
+        """Zero-pad [D, H_i, W_i] images at the bottom/right into one [N, D, H, W] tensor,
         with H and W the largest sizes rounded up to multiples of ``size_divisible``."""
         channels = max(img.shape[0] for img in images)
         height = max(img.shape[1] for img in images)

@@ -415,7 +415,7 @@ def with_target(index, **fields):
             "good",
             r"images\[1\]: expected finite pixel values, got NaN or inf",
         ),
-        ([torch.rand(64, 80), torch.rand(3, 70, 64)], "good", r"\[C, H, W\].*\(64, 80\)"),
+        ([torch.rand(64, 80), torch.rand(3, 70, 64)], "good", r"\[D, H, W\].*\(64, 80\)"),
         (None, good_targets()[:1], "one per image"),
     ],
 )

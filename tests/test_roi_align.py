@@ -423,7 +423,7 @@ def test_chunked_gather_matches_torchvision(seed, k, sampling_ratio, budget, ali
 
 
 def _bilinear(feature: torch.Tensor, y: float, x: float) -> torch.Tensor:
-    """The reference kernels' bilinear read of [C, H, W] at (y, x), written out by hand."""
+    """The reference kernels' bilinear read of [D, H, W] at (y, x), written out by hand."""
     height, width = feature.shape[-2:]
     if y < -1.0 or y > height or x < -1.0 or x > width:
         return feature.new_zeros(feature.shape[0])

@@ -159,7 +159,7 @@ def test_head_outputs_and_flattening_equal_torchvision():
 def test_head_bad_arguments():
     with pytest.raises(ValueError, match="num_anchors"):
         RPNHead(8, 0)
-    with pytest.raises(ValueError, match=r"\[N, C, H, W\]"):
+    with pytest.raises(ValueError, match=r"\[N, D, H, W\]"):
         RPNHead(8, 3)([torch.zeros(8, 4, 4)])
 
 

@@ -6,7 +6,7 @@ image) goes to the canonical level k0 = 4, a box half as wide to level 3, twice 
 :class:`MultiScaleRoIAlign` (torchvision's) plugs in RoIAlign, :class:`MultiScaleRoIPool` Fast
 R-CNN's RoIPool, and any ``pool(feature, rois, output_size, spatial_scale)`` callable drops in.
 
-Shapes: N images, C channels, K RoIs over the batch, L pyramid levels, ph x pw output bins.
+Shapes: N images, D channels, K RoIs over the batch, L pyramid levels, ph x pw output bins.
 """
 
 from __future__ import annotations
@@ -87,8 +87,8 @@ def setup_scales(
     return scales, LevelMapper(k_min, k_max, canonical_scale, canonical_level)
 
 
-#: The per-level pooling function's signature, (feature [N, C, H, W], rois [K, 5],
-#: output_size (ph, pw), spatial_scale) -> [K, C, ph, pw].
+#: The per-level pooling function's signature, (feature [N, D, H, W], rois [K, 5],
+#: output_size (ph, pw), spatial_scale) -> [K, D, ph, pw].
 PoolFunction = Callable[[Tensor, Tensor, tuple[int, int], float], Tensor]
 
 
@@ -98,7 +98,7 @@ class MultiScalePooler(nn.Module):
     Args:
         featmap_names: keys of the feature dict to pool from, finest level first.
         output_size: (ph, pw) or an int for both.
-        pool: ``pool(feature, rois, output_size, spatial_scale) -> [K, C, ph, pw]`` for one level,
+        pool: ``pool(feature, rois, output_size, spatial_scale) -> [K, D, ph, pw]`` for one level,
             with rois [K, 5] (batch index, x1, y1, x2, y2) in input-image pixels. None uses
             :meth:`pool_level` (override it in a subclass instead of passing a function).
         canonical_scale, canonical_level: FPN eq. 1's 224 and k0.
@@ -132,7 +132,7 @@ class MultiScalePooler(nn.Module):
         self.canonical_level = canonical_level
 
     def pool_level(self, feature: Tensor, rois: Tensor, spatial_scale: float) -> Tensor:
-        """Pool ``rois`` [K, 5] from one level's ``feature`` [N, C, H, W] -> [K, C, ph, pw]."""
+        """Pool ``rois`` [K, 5] from one level's ``feature`` [N, D, H, W] -> [K, D, ph, pw]."""
         if self.pool is None:
             raise NotImplementedError(
                 f"{type(self).__name__}: pass pool=... or override pool_level()"
@@ -156,12 +156,12 @@ class MultiScalePooler(nn.Module):
         """Pool every box from its level.
 
         Args:
-            x: feature maps [N, C, H_l, W_l] by name.
+            x: feature maps [N, D, H_l, W_l] by name.
             boxes: [L_i, 4] (x1, y1, x2, y2) per image, in pixels of the (padded) input image.
             image_shapes: (height, width) of every image before the backbone.
 
         Returns:
-            [K, C, ph, pw], the RoIs in input order (image after image).
+            [K, D, ph, pw], the RoIs in input order (image after image).
         """
         features = self._filter(x)
         if self.scales is None or self.map_levels is None:

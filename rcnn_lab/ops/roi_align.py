@@ -9,7 +9,7 @@ gradient; RoIs get no gradient (as in torchvision). Bags are gathered in chunks 
 ``SAMPLE_BUDGET`` samples, so that a huge RoI with the adaptive sampling ratio cannot take
 gigabytes; float16 and bfloat16 features are pooled in float32.
 
-Shapes: N images, C channels, H x W feature map, K RoIs, ph x pw output bins (pooled height and
+Shapes: N images, D channels, H x W feature map, K RoIs, ph x pw output bins (pooled height and
 width), gh x gw sampling grid per bin, 4 bilinear corners per sample.
 """
 
@@ -46,7 +46,7 @@ LOW_PRECISION = (torch.float16, torch.bfloat16)
 def _check_input(input: Tensor) -> None:
     if not isinstance(input, Tensor) or input.dim() != 4:
         seen = tuple(input.shape) if isinstance(input, Tensor) else type(input).__name__
-        raise ValueError(f"input must be a [N, C, H, W] tensor, got {seen}")
+        raise ValueError(f"input must be a [N, D, H, W] tensor, got {seen}")
     if not input.is_floating_point():
         raise ValueError(f"input must be a floating-point tensor, got dtype {input.dtype}")
 
@@ -159,7 +159,7 @@ def fixed_grid_bags(
     """Table rows and weights of every bag when each bin has ``grid x grid`` samples.
 
     Returns:
-        rows: [K * ph * pw, (grid * 2) ** 2] indices into the [N*H*W, C] table.
+        rows: [K * ph * pw, (grid * 2) ** 2] indices into the [N*H*W, D] table.
         weights: same shape, bilinear weight / (grid * grid).
     """
     (height, width), (ph, pw), k = shape, out, rois.shape[0]
@@ -369,7 +369,7 @@ def _check_rois(input: Tensor, rois: Tensor) -> None:
 
 
 def _pool_chunk(table: Tensor, bags: Callable[[], tuple]) -> Tensor:
-    """[B, C] the weighted sums of the bags that ``bags()`` builds: (rows, weights, offsets)."""
+    """[B, D] the weighted sums of the bags that ``bags()`` builds: (rows, weights, offsets)."""
     with torch.no_grad():  # RoIs get no gradient, as in torchvision
         rows, weights, offsets = bags()
     return F.embedding_bag(rows, table, offsets, mode="sum", per_sample_weights=weights)
@@ -385,7 +385,7 @@ def _pooled_bins(
     aligned: bool,
     index_dtype: torch.dtype,
 ) -> Tensor:
-    """[K*ph*pw, C] every (RoI, bin)'s average of bilinear samples from ``table`` [N*H*W, C].
+    """[K*ph*pw, D] every (RoI, bin)'s average of bilinear samples from ``table`` [N*H*W, D].
 
     The samples are gathered in chunks of about ``SAMPLE_BUDGET`` samples, each by one
     ``embedding_bag`` call. With several chunks and a table that needs a gradient, each chunk
@@ -416,7 +416,7 @@ def _pooled_bins(
         ]
     else:
         pieces = [_pool_chunk(table, chunk) for chunk in bags]
-    return torch.cat(pieces) if len(pieces) > 1 else pieces[0]  # [K*ph*pw, C]
+    return torch.cat(pieces) if len(pieces) > 1 else pieces[0]  # [K*ph*pw, D]
 
 
 class SampleGrid(NamedTuple):
@@ -474,7 +474,7 @@ def roi_align(
     """RoIAlign (Mask R-CNN, Sec. 3), same semantics as ``torchvision.ops.roi_align``.
 
     Args:
-        input: [N, C, H, W] features (any memory format).
+        input: [N, D, H, W] features (any memory format).
         boxes: [K, 5] (batch index, x1, y1, x2, y2) or a list of [L_i, 4] per image, in image
             pixels; ``spatial_scale`` maps them onto the feature grid.
         output_size: (ph, pw) or an int for both.
@@ -484,7 +484,7 @@ def roi_align(
         aligned: shift boxes by -0.5 feature pixel so that samples hit pixel centres.
 
     Returns:
-        [K, C, ph, pw] contiguous, the average of each bin's bilinear samples, in the dtype of
+        [K, D, ph, pw] contiguous, the average of each bin's bilinear samples, in the dtype of
         ``input``.
 
     float16 and bfloat16 inputs are computed in float32 (sample positions, sums and the
@@ -516,13 +516,13 @@ def roi_align(
         return input.reshape(-1)[:0].reshape(num_rois, 0, *out).to(result_dtype)
     if n * height * width == 0:  # nothing to sample from
         return input.new_zeros((num_rois, c, *out), dtype=result_dtype)
-    # rows must be contiguous: for N = 1 the reshape alone is a strided view (C stride H*W),
+    # rows must be contiguous: for N = 1 the reshape alone is a strided view (D stride H*W),
     # and gathering such rows is several times slower. One copy makes the table (converting
     # float16 on the way); channels_last input of the compute dtype needs none.
-    nhwc = input.permute(0, 2, 3, 1)  # [N, H, W, C]
+    nhwc = input.permute(0, 2, 3, 1)  # [N, H, W, D]
     if not (nhwc.is_contiguous() and nhwc.dtype == compute_dtype):
         nhwc = nhwc.new_empty(nhwc.shape, dtype=compute_dtype).copy_(nhwc)
-    table = nhwc.reshape(n * height * width, c)  # [N*H*W, C]
+    table = nhwc.reshape(n * height * width, c)  # [N*H*W, D]
     index_dtype = _index_dtype(n, (height, width))
     with autocast_off(input.device.type):  # the dtypes are settled above
         pooled = _pooled_bins(
@@ -537,7 +537,7 @@ def roi_align(
         )
     # a 3-D transpose copies about 3x faster than the equivalent 4-D permute
     pooled = pooled.reshape(num_rois, out[0] * out[1], c).transpose(1, 2).contiguous()
-    return pooled.reshape(num_rois, c, *out).to(result_dtype)  # [K, C, ph, pw]
+    return pooled.reshape(num_rois, c, *out).to(result_dtype)  # [K, D, ph, pw]
 
 
 class RoIAlign(nn.Module):
@@ -557,7 +557,7 @@ class RoIAlign(nn.Module):
         self.aligned = aligned
 
     def forward(self, input: Tensor, rois: Tensor | list[Tensor]) -> Tensor:
-        """Pool [K, C, ph, pw] features of ``rois`` ([K, 5] or a list of [L_i, 4])."""
+        """Pool [K, D, ph, pw] features of ``rois`` ([K, 5] or a list of [L_i, 4])."""
         return roi_align(
             input, rois, self.output_size, self.spatial_scale, self.sampling_ratio, self.aligned
         )

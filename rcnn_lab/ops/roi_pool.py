@@ -7,7 +7,7 @@ outwards; each bin keeps the maximum of its pixels. Every bin is one bag of ``em
 the mode keeps the first maximum in that order, as the reference kernels do. The backward adds
 each output gradient to that one pixel, with one ``scatter_add_``. RoIs get no gradient.
 
-Shapes: N images, C channels, H x W feature map, K RoIs, ph x pw output bins (pooled height and
+Shapes: N images, D channels, H x W feature map, K RoIs, ph x pw output bins (pooled height and
 width), B = K*ph*pw bins in all, T pixels in all bins together.
 """
 
@@ -54,7 +54,7 @@ def _check_arguments(input: Tensor, spatial_scale: float) -> None:
     if not isinstance(input, Tensor):
         raise TypeError(f"input must be a Tensor, got {type(input).__name__}")
     if input.dim() != 4:
-        raise ValueError(f"input must be [N, C, H, W], got shape {tuple(input.shape)}")
+        raise ValueError(f"input must be [N, D, H, W], got shape {tuple(input.shape)}")
     if not input.is_floating_point():
         raise TypeError(f"input must be a floating-point tensor, got dtype {input.dtype}")
     if not isinstance(spatial_scale, numbers.Real) or not math.isfinite(spatial_scale):
@@ -209,13 +209,13 @@ class _BinMax(torch.autograd.Function):
         clean: bool,
     ) -> Tensor:
         n, c, height, width = input.shape
-        pixels = input.permute(0, 2, 3, 1).reshape(n * height * width, c)  # [N*H*W, C]
-        table = torch.cat([pixels, pixels.new_zeros(1, c)])  # [N*H*W + 1, C], last row: zeros
+        pixels = input.permute(0, 2, 3, 1).reshape(n * height * width, c)  # [N*H*W, D]
+        table = torch.cat([pixels, pixels.new_zeros(1, c)])  # [N*H*W + 1, D], last row: zeros
         if not clean:  # the reference scan never picks NaN: it never compares greater
             table.masked_fill_(torch.isnan(table), float("-inf"))
         pooled, _, _, argmax = torch.embedding_bag(
             table, rows, offsets, False, EMBEDDING_BAG_MAX, False, None, False, None
-        )  # [B, C] each, argmax: the table row of the first maximum
+        )  # [B, D] each, argmax: the table row of the first maximum
         if not clean:
             floor = _floor(pooled)
             below = ~(pooled > floor)
@@ -223,24 +223,24 @@ class _BinMax(torch.autograd.Function):
             argmax.masked_fill_(below, n * height * width)  # its gradient goes nowhere
         bins = out[0] * out[1]
 
-        def per_roi(bags: Tensor) -> Tensor:  # [B, C] -> [K, C, ph*pw]
+        def per_roi(bags: Tensor) -> Tensor:  # [B, D] -> [K, D, ph*pw]
             # a 3-D transpose copies faster than the equivalent 4-D permute
             return bags.reshape(num_rois, bins, c).transpose(1, 2).contiguous()
 
         if ctx.needs_input_grad[0]:
             ctx.save_for_backward(per_roi(argmax))  # like the output, for the backward
             ctx.input_shape = input.shape
-        return per_roi(pooled).reshape(num_rois, c, *out)  # [K, C, ph, pw]
+        return per_roi(pooled).reshape(num_rois, c, *out)  # [K, D, ph, pw]
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        (argmax,) = ctx.saved_tensors  # [K, C, ph*pw]
+        (argmax,) = ctx.saved_tensors  # [K, D, ph*pw]
         n, c, height, width = ctx.input_shape
-        # channel-major [C, B] for one scatter along the rows of a [C, N*H*W + 1] table: runs
-        # of ph*pw values copy fast (a [B, C] -> [C, B] transpose of integers does not)
-        grad_bins = grad.reshape(argmax.shape).transpose(0, 1).reshape(c, -1)  # [C, B]
-        index = argmax.transpose(0, 1).reshape(c, -1).long()  # [C, B]
-        grad_table = grad.new_zeros(c, n * height * width + 1)  # [C, N*H*W + 1]
+        # channel-major [D, B] for one scatter along the rows of a [D, N*H*W + 1] table: runs
+        # of ph*pw values copy fast (a [B, D] -> [D, B] transpose of integers does not)
+        grad_bins = grad.reshape(argmax.shape).transpose(0, 1).reshape(c, -1)  # [D, B]
+        index = argmax.transpose(0, 1).reshape(c, -1).long()  # [D, B]
+        grad_table = grad.new_zeros(c, n * height * width + 1)  # [D, N*H*W + 1]
         if grad.dtype == torch.float16:
             # scatter_add_ sums float16 in float32 and rounds once; the reference kernel rounds
             # after every addition, as the serial index_add_ does
@@ -261,14 +261,14 @@ def roi_pool(
     """RoIPool (Fast R-CNN, Sec. 2.1), same semantics as ``torchvision.ops.roi_pool``.
 
     Args:
-        input: [N, C, H, W] features, float16/32/64 or bfloat16 (any memory format).
+        input: [N, D, H, W] features, float16/32/64 or bfloat16 (any memory format).
         boxes: [K, 5] (batch index, x1, y1, x2, y2) or a list of [L_i, 4] per image, in image
             pixels; ``spatial_scale`` maps them onto the feature grid.
         output_size: (ph, pw) or an int for both.
         spatial_scale: feature pixels per image pixel (e.g. 1/16).
 
     Returns:
-        [K, C, ph, pw] contiguous: the maximum of each bin, 0 for an empty bin (outside the
+        [K, D, ph, pw] contiguous: the maximum of each bin, 0 for an empty bin (outside the
         map). Exact ties go to the first maximum in row-major order (value and gradient), as
         in torchvision; NaN features are skipped; a bin of -inf gives -FLT_MAX (-inf in
         float16) and no gradient.
@@ -280,7 +280,7 @@ def roi_pool(
 
     Memory: a channels-last copy of ``input``; while the bags are listed, about 48 bytes per
     pixel of all bins (T, about K*ph*pw*(side/p + 1)^2: 160k, 8 MB, for 512 RoIs of 2..28
-    pixels at 7 x 7); the maxima and their argmax as [B, C] and as [K, C, ph, pw]. The argmax
+    pixels at 7 x 7); the maxima and their argmax as [B, D] and as [K, D, ph, pw]. The argmax
     (4 bytes per output value, 8 if N*H*W >= 2^31) is kept for the backward.
     """
     _check_arguments(input, spatial_scale)
@@ -310,7 +310,7 @@ class RoIPool(nn.Module):
         self.spatial_scale = spatial_scale
 
     def forward(self, input: Tensor, rois: Tensor | list[Tensor]) -> Tensor:
-        """Pool [K, C, ph, pw] features of ``rois`` ([K, 5] or a list of [L_i, 4])."""
+        """Pool [K, D, ph, pw] features of ``rois`` ([K, 5] or a list of [L_i, 4])."""
         return roi_pool(input, rois, self.output_size, self.spatial_scale)
 
     def __repr__(self) -> str:

@@ -1,7 +1,7 @@
 """Drawing helpers and the explorer of the transform/backbone/FPN chapter (book/08_...ipynb).
 
-Shapes: N images, C channels, H x W pixels of an image or cells of a feature map, D = 256 FPN
-channels, boxes (x1, y1, x2, y2) in pixels.
+Shapes: N images, D channels (D = 256 for the FPN), H x W pixels of an image or cells of a
+feature map, boxes (x1, y1, x2, y2) in pixels.
 """
 
 from __future__ import annotations

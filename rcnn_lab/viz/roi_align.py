@@ -2,7 +2,7 @@
 
 Coordinates: matplotlib's ``imshow`` puts feature pixel (i, j) at the point (x=j, y=i), which is
 exactly where ``roi_align`` reads it, so sample points are drawn at their sampling coordinates.
-Shapes: C channels, H x W feature map, ph x pw output bins.
+Shapes: D channels, H x W feature map, ph x pw output bins.
 """
 
 from __future__ import annotations
