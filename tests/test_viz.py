@@ -10,7 +10,10 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from rcnn_lab.viz import show_source  # noqa: E402
+from rcnn_lab.viz.anchors import PAIR_COLOURS, draw_best_anchors, plot_level  # noqa: E402
+from rcnn_lab.viz.boxes import draw_named_boxes, draw_nms  # noqa: E402
 from rcnn_lab.viz.draw import draw_boxes, show_image  # noqa: E402
+from rcnn_lab.viz.matcher import GT_COLOUR, draw_anchor_labels, plot_iou_matrix  # noqa: E402
 from rcnn_lab.viz.scene import SHAPE_CLASSES, jitter_boxes, toy_scene  # noqa: E402
 from rcnn_lab.viz.source import (  # noqa: E402
     docstring_markdown,
@@ -125,3 +128,70 @@ def test_docstrings_render_as_markdown():
     assert "- the answer." in md.splitlines()
     assert simplify_rest(":class:`rcnn_lab.Matcher` and ``x``") == "`rcnn_lab.Matcher` and `x`"
     assert docstring_markdown("2**24 <= B, H*W") == "2\\*\\*24 \\<= B, H\\*W"
+
+
+def test_draw_nms_labels_only_the_top_kept_boxes():
+    boxes = torch.tensor([[float(i), 0.0, i + 5.0, 5.0] for i in range(0, 80, 10)])
+    scores = torch.linspace(0.9, 0.2, 8)
+    _, ax = plt.subplots()
+    draw_nms(ax, torch.rand(3, 10, 90), boxes, scores, torch.arange(6), max_labels=3)
+    assert [t.get_text() for t in ax.texts] == ["0.90", "0.80", "0.70"]
+    plt.close("all")
+
+
+def test_draw_named_boxes_marks_kept_and_suppressed():
+    boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0], [2.0, 2.0, 12.0, 12.0], [30.0, 0, 40, 10]])
+    _, ax = plt.subplots()
+    draw_named_boxes(ax, boxes, "ABC", keep=[0, 2])
+    assert [t.get_text() for t in ax.texts] == ["A", "B", "C"]
+    assert [p.get_linestyle() for p in ax.patches] == ["-", "--", "-"]
+    assert ax.get_ylim()[0] > ax.get_ylim()[1]  # y axis points down, like an image
+    plt.close("all")
+
+
+def test_draw_best_anchors_pairs_each_object_with_its_anchor_by_colour():
+    gt = torch.tensor([[10.0, 10.0, 40.0, 40.0], [50.0, 20.0, 90.0, 60.0]])
+    best = gt + torch.tensor([2.0, -3.0, 4.0, 1.0])
+    _, ax = plt.subplots()
+    draw_best_anchors(ax, torch.rand(3, 80, 100), gt, best, ["P3 IoU 0.80", "P4 IoU 0.70"])
+    edges = [p.get_edgecolor() for p in ax.patches]  # gt 0, anchor 0, gt 1, anchor 1
+    assert edges[0] == edges[1] != edges[2] == edges[3]
+    assert [t.get_text() for t in ax.texts] == ["0: P3 IoU 0.80", "1: P4 IoU 0.70"]
+    assert ax.texts[0].get_color() == PAIR_COLOURS[0]
+    plt.close("all")
+
+
+def test_plot_level_margin_none_fits_image_and_anchors():
+    image = torch.rand(3, 64, 96)
+    ax = plot_level(image, (32,), (1.0,), 16, 0.5, 0.5, margin=None)
+    assert ax.get_xlim() == (-2.0, 98.0) and ax.get_ylim() == (66.0, -2.0)
+    ax = plot_level(image, (128,), (1.0,), 16, 0.0, 0.0, margin=None)  # cell sticks out
+    assert ax.get_xlim()[0] == -66.0
+    ax = plot_level(image, (32,), (1.0,), 16, margin=0.25)
+    assert ax.get_xlim() == (-24.0, 120.0)
+    plt.close("all")
+
+
+def test_plot_iou_matrix_writes_readable_values():
+    iou = torch.tensor([[0.9, 0.1, 0.0, 0.4], [0.2, 0.6, 0.05, 0.0]])
+    _, ax = plt.subplots()
+    plot_iou_matrix(ax, iou, num_columns=3)  # the 2 best of gt 0 (0, 3), then of gt 1 (1, 0)
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["0", "3", "1"]
+    texts = {t.get_text(): t for t in ax.texts}
+    assert len(ax.texts) == 6 and all(t.get_fontsize() >= 9 for t in ax.texts)
+    assert texts["0.90"].get_color() == "black" and texts["0.10"].get_color() == "white"
+    _, ax = plt.subplots()
+    plot_iou_matrix(ax, iou, num_columns=4, sort=False)
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["0", "1", "2", "3"]
+    plt.close("all")
+
+
+def test_draw_anchor_labels_draws_dark_ground_truth():
+    anchors = torch.tensor([[0.0, 0.0, 10.0, 10.0], [20.0, 20.0, 30.0, 30.0], [5, 5, 15, 15]])
+    matches = torch.tensor([0, -1, -2])
+    _, ax = plt.subplots()
+    counts = draw_anchor_labels(ax, torch.rand(3, 40, 40), anchors, matches, anchors[:1])
+    assert counts == {"positive": 1, "negative": 1, "ignored": 1}
+    gt_patch = ax.patches[1]  # ignored anchor first, then the ground truth, then positives
+    assert matplotlib.colors.to_hex(gt_patch.get_edgecolor()) == matplotlib.colors.to_hex(GT_COLOUR)
+    plt.close("all")

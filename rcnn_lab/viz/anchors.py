@@ -64,10 +64,14 @@ def plot_level(
     col_frac: float = 0.5,
     ax: Axes | None = None,
     title: str | None = None,
+    margin: float | None = 0.25,
 ) -> Axes:
     """The scene with the anchor centres of one level and the anchors of one chosen cell.
 
-    ``row_frac``/``col_frac`` in [0, 1] pick the cell as a fraction of the grid.
+    ``row_frac``/``col_frac`` in [0, 1] pick the cell as a fraction of the grid. ``margin``
+    is the blank border around the image, as a fraction of its size (room for anchors that
+    stick out); ``None`` fits the view to the image and the drawn anchors, with no blank
+    border beyond them.
     """
     height, width = image.shape[-2:]
     anchors, grid = level_anchors((height, width), sizes, ratios, stride)
@@ -79,10 +83,48 @@ def plot_level(
     centres = ((centres[:, :2] + centres[:, 2:]) / 2).numpy()  # [H*W, 2]
     dot = min(4.0, stride / 8)  # fine levels have thousands of centres: smaller dots
     ax.scatter(centres[:, 0], centres[:, 1], s=dot, c="black", alpha=0.4, linewidths=0)
-    draw_cell_anchors(ax, anchors[cell_slice(grid, row, col, per_cell)], ratios, sizes)
-    ax.set_xlim(-0.25 * width, 1.25 * width)
-    ax.set_ylim(1.25 * height, -0.25 * height)
+    cell = anchors[cell_slice(grid, row, col, per_cell)]  # [A, 4]
+    draw_cell_anchors(ax, cell, ratios, sizes)
+    if margin is None:
+        x1, y1 = (min(0.0, v) for v in cell[:, :2].min(dim=0).values.tolist())
+        x2, y2 = cell[:, 2].max().clamp(min=width).item(), cell[:, 3].max().clamp(min=height).item()
+        ax.set_xlim(x1 - 2, x2 + 2)
+        ax.set_ylim(y2 + 2, y1 - 2)
+    else:
+        ax.set_xlim(-margin * width, (1 + margin) * width)
+        ax.set_ylim((1 + margin) * height, -margin * height)
     ax.set_title(title or f"stride {stride}, grid {grid[0]}x{grid[1]}, cell ({row}, {col})")
+    return ax
+
+
+#: Colours that pair each object with its best anchor; dark enough for thin lines on a scene.
+PAIR_COLOURS = ("black", "tab:red", "tab:purple", "tab:blue", "magenta", "tab:brown")
+
+
+def draw_best_anchors(
+    ax: Axes, image: Tensor, gt_boxes: Tensor, anchors: Tensor, tags: Sequence[str]
+) -> Axes:
+    """The scene with each object (solid) and its best anchor (dashed) in one shared colour.
+
+    ``anchors`` [G, 4] holds the best anchor of each of the G ``gt_boxes``; ``tags`` one text
+    per pair, written in the pair's colour on a white patch at the anchor's top-left corner,
+    prefixed with the object's number.
+    """
+    show_image(image, ax=ax)
+    for g, (gt, anchor, tag) in enumerate(zip(gt_boxes, anchors, tags)):
+        colour = PAIR_COLOURS[g % len(PAIR_COLOURS)]
+        draw_boxes(ax, gt[None], color=colour, linewidth=2.5)
+        draw_boxes(ax, anchor[None], color=colour, linewidth=1.8, linestyle="--")
+        x, y = max(float(anchor[0]), 0.0), max(float(anchor[1]), 0.0)
+        ax.text(
+            x + 2,
+            y + 2,
+            f"{g}: {tag}",
+            color=colour,
+            fontsize=9,
+            va="top",
+            bbox={"facecolor": "white", "alpha": 0.85, "pad": 1, "edgecolor": "none"},
+        )
     return ax
 
 

@@ -59,16 +59,52 @@ def plot_iou_slide(side: float, offsets: Tensor, ious: Tensor, axes: tuple[Axes,
 
 
 def draw_nms(
-    ax: Axes, image: Tensor, boxes: Tensor, scores: Tensor, keep: Tensor, show_suppressed=True
+    ax: Axes,
+    image: Tensor,
+    boxes: Tensor,
+    scores: Tensor,
+    keep: Tensor,
+    show_suppressed=True,
+    max_labels: int = 5,
 ) -> Axes:
-    """Draw kept boxes in green with their score, suppressed ones dashed and grey."""
+    """Draw kept boxes in green, suppressed ones dashed and grey.
+
+    Only the ``max_labels`` highest-scoring kept boxes carry their score (``keep`` is ordered
+    by decreasing score, as :func:`~rcnn_lab.ops.nms` returns it), so that labels stay readable
+    when many boxes survive.
+    """
     show_image(image, ax=ax)
     suppressed = torch.ones(len(boxes), dtype=torch.bool)
     suppressed[keep] = False
     if show_suppressed and bool(suppressed.any()):
         draw_boxes(ax, boxes[suppressed], color=SUPPRESSED_COLOUR, linestyle="--", linewidth=0.8)
-    labels = [f"{s:.2f}" for s in scores[keep].tolist()]
-    draw_boxes(ax, boxes[keep], color=KEPT_COLOUR, labels=labels, linewidth=2)
+    draw_boxes(ax, boxes[keep], color=KEPT_COLOUR, linewidth=2)
+    top = keep[:max_labels]
+    labels = [f"{s:.2f}" for s in scores[top].tolist()]
+    draw_boxes(ax, boxes[top], color=KEPT_COLOUR, labels=labels, linewidth=2)
+    return ax
+
+
+def draw_named_boxes(ax: Axes, boxes: Tensor, names: str, keep: list[int]) -> Axes:
+    """A worked NMS example on a blank canvas: kept boxes solid green, the others dashed grey.
+
+    Each box carries its one-letter name in dark text just inside its top-left corner.
+    """
+    for i, (x1, y1) in enumerate(boxes[:, :2].tolist()):
+        kept = i in keep
+        draw_boxes(
+            ax,
+            boxes[i : i + 1],
+            color=KEPT_COLOUR if kept else SUPPRESSED_COLOUR,
+            linestyle="-" if kept else "--",
+            linewidth=2 if kept else 1.5,
+        )
+        ax.text(x1 + 1.5, y1 + 1.5, names[i], fontsize=11, va="top", ha="left", weight="bold")
+    low = boxes[:, :2].min(dim=0).values.tolist()
+    high = boxes[:, 2:].max(dim=0).values.tolist()
+    ax.set_xlim(low[0] - 5, high[0] + 5)
+    ax.set_ylim(high[1] + 5, low[1] - 5)  # image convention: y grows downwards
+    ax.set_aspect("equal")
     return ax
 
 

@@ -17,25 +17,35 @@ from rcnn_lab.viz.draw import draw_boxes, show_image
 #: One colour per anchor label, used by every figure of the chapter.
 LABEL_COLOURS = {"positive": "tab:green", "negative": "tab:blue", "ignored": "tab:orange"}
 
+#: Colour of the ground-truth boxes, dark so that it shows on the light sky of the scenes.
+GT_COLOUR = "black"
 
-def plot_iou_matrix(ax: Axes, iou: Tensor, num_columns: int = 30) -> Axes:
-    """Heat map of the [G, P] IoU matrix, showing the ``num_columns`` anchors of highest IoU.
 
-    Columns are sorted by each anchor's best IoU over the ground truths, highest first, and
-    cells >= 0.3 are written out.
+def plot_iou_matrix(ax: Axes, iou: Tensor, num_columns: int = 12, sort: bool = True) -> Axes:
+    """Heat map of the [G, P] IoU matrix with every value written in its cell.
+
+    With ``sort``, each ground truth contributes its ceil(num_columns / G) anchors of highest
+    IoU (in order, without repeats; at most ``num_columns`` in all), so that every object's
+    best anchors are on show; without it, the first ``num_columns`` anchors in their own
+    order. Values are written at 9 pt, dark on the light (high) cells and white on the dark
+    (low) ones.
     """
-    best = iou.max(dim=0).values  # [P]
-    columns = best.argsort(descending=True)[:num_columns]
+    if sort:
+        per_gt = -(-num_columns // max(iou.shape[0], 1))
+        top = iou.topk(min(per_gt, iou.shape[1]), dim=1).indices  # [G, per_gt]
+        columns = torch.tensor(list(dict.fromkeys(top.flatten().tolist()))[:num_columns])
+    else:
+        columns = torch.arange(min(num_columns, iou.shape[1]))
     shown = iou[:, columns].detach().cpu()  # [G, num_columns]
     image = ax.imshow(shown.numpy(), cmap="viridis", vmin=0, vmax=1, aspect="auto")
     for g in range(shown.shape[0]):
         for p in range(shown.shape[1]):
             value = float(shown[g, p])
-            if value >= 0.3:
-                ax.text(p, g, f"{value:.2f}", ha="center", va="center", fontsize=6, rotation=90)
-    ax.set_xticks(range(len(columns)), [str(int(c)) for c in columns], rotation=90, fontsize=6)
+            colour = "black" if value >= 0.5 else "white"  # viridis is light above ~0.5
+            ax.text(p, g, f"{value:.2f}", ha="center", va="center", fontsize=9, color=colour)
+    ax.set_xticks(range(len(columns)), [str(int(c)) for c in columns], fontsize=9)
     ax.set_yticks(range(shown.shape[0]), [f"gt {g}" for g in range(shown.shape[0])])
-    ax.set_xlabel("anchor index (the anchors of highest IoU)")
+    ax.set_xlabel("anchor index")
     plt.colorbar(image, ax=ax, label="IoU")
     return ax
 
@@ -86,7 +96,7 @@ def draw_anchor_labels(
     negatives = centres[masks["negative"]].cpu()
     ax.scatter(negatives[:, 0], negatives[:, 1], s=3, color=LABEL_COLOURS["negative"], alpha=0.6)
     draw_boxes(ax, anchors[masks["ignored"]], LABEL_COLOURS["ignored"], linewidth=0.5, alpha=0.5)
-    draw_boxes(ax, gt_boxes, "white", linewidth=1.5)
+    draw_boxes(ax, gt_boxes, GT_COLOUR, linewidth=1.5)
     draw_boxes(ax, anchors[masks["positive"]], LABEL_COLOURS["positive"], linewidth=2.5)
     ax.set_xlim(0, image.shape[-1])
     ax.set_ylim(image.shape[-2], 0)
