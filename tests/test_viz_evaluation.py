@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import matplotlib
 
@@ -27,6 +28,7 @@ from rcnn_lab.viz.evaluation import (  # noqa: E402
     plot_pr_curves,
     pooled_operating_point,
     threshold_explorer,
+    threshold_frames,
     threshold_view,
 )
 
@@ -162,3 +164,20 @@ def test_explorer_builds_its_widgets_and_redraws():
     image.value = 0
     assert bytes(picture.value) != first and bytes(picture.value).startswith(b"\x89PNG")
     assert not plt.get_fignums()
+
+
+def test_threshold_frames_predraw_one_distinct_figure_per_setting():
+    detections = [dets([A], [1], [0.9]), dets([B], [1], [0.6])]
+    targets = [target([A], [1]), target([C], [1])]
+    curves = {"circle": precision_recall(detections, targets, 0.5, label=1)}
+    images = [torch.rand(3, 64, 64), torch.rand(3, 64, 64)]
+    settings = [{"score": 0.5, "scene": 0}, {"score": 0.5, "scene": 1}, {"score": 0.95, "scene": 1}]
+    page = threshold_frames(curves, images, detections, targets, CLASS_NAMES, settings).data
+    pictures = re.findall(r'src="data:image/(?:png|jpeg);base64,([^"]+)"', page)
+    assert len(pictures) == 3 and len(set(pictures)) == 3
+    assert "score=0.95, scene=1" in page
+    assert not plt.get_fignums()
+    with pytest.raises(ValueError, match="scene"):
+        threshold_frames(
+            curves, images, detections, targets, CLASS_NAMES, [{"score": 0.5, "scene": 2}]
+        )

@@ -66,3 +66,21 @@ def test_clicking_a_setting_switches_the_figure_without_a_kernel(tmp_path):
         page.click("label[for$='-1']")
         assert visible() == [False, True, False]
         browser.close()
+
+
+def test_figure_frames_draw_pyplot_free_figures_and_reject_other_things():
+    from matplotlib.figure import Figure
+
+    from rcnn_lab.viz.frames import figure_frames
+
+    def make(n):
+        fig = Figure(figsize=(2, 2))
+        fig.subplots().plot(range(n))
+        return fig
+
+    page = figure_frames(make, [{"n": 2}, {"n": 5}]).data
+    assert page.count('class="rl-frame"') == 2 and "n=5" in page
+    with pytest.raises(TypeError, match="Figure"):
+        figure_frames(lambda n: None, [{"n": 1}])
+    with pytest.raises(ValueError, match="at least one"):
+        figure_frames(make, [])

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Mapping, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from matplotlib.axes import Axes
@@ -355,3 +355,43 @@ def threshold_explorer(
     image.observe(redraw, names="value")
     redraw()
     return VBox([HBox([threshold, image]), picture])
+
+
+def threshold_frames(
+    curves: Mapping[str, PrecisionRecall],
+    images: Sequence[Tensor],
+    detections: Sequence[Mapping[str, Tensor]],
+    targets: Sequence[Mapping[str, Tensor]],
+    class_names: Sequence[str],
+    settings: Sequence[Mapping[str, Any]],
+    iou_threshold: float = 0.5,
+    image_format: str = "jpeg",
+    pixel_ratio: float = 1.0,
+):
+    """:func:`threshold_explorer`'s figure pre-drawn for the static book.
+
+    Args:
+        settings: one ``{"score": threshold, "scene": index}`` per frame.
+        image_format: ``"jpeg"`` (several times smaller: the scene is photo-like) or ``"png"``.
+        pixel_ratio: resolution multiplier (1: each frame is already 1100 px wide).
+
+    Returns:
+        An ``IPython.display.HTML`` frame switcher (see :mod:`rcnn_lab.viz.frames`).
+    """
+    from rcnn_lab.viz.frames import figure_frames
+
+    def view(score: float, scene: int) -> Figure:
+        if not 0 <= scene < len(images):
+            raise ValueError(f"scene: expected 0 <= scene < {len(images)}, got {scene}")
+        return threshold_view(
+            curves,
+            images[scene],
+            detections[scene],
+            targets[scene],
+            class_names,
+            score,
+            iou_threshold,
+            title=f"test scene {scene}",
+        )
+
+    return figure_frames(view, settings, image_format=image_format, pixel_ratio=pixel_ratio)

@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
 
 #: Resolution multiplier of the pre-drawn PNGs, so they stay sharp on high-density screens.
 PIXEL_RATIO = 1.5
@@ -52,6 +53,17 @@ def render_png(
     finally:
         plt.show = original_show
     figure = shown[-1] if shown else plt.gcf()
+    try:
+        return encode_figure(figure, image_format, pixel_ratio)
+    finally:
+        plt.close(figure)
+
+
+def encode_figure(
+    figure: Figure, image_format: str = "png", pixel_ratio: float = PIXEL_RATIO
+) -> tuple[str, int]:
+    """``figure`` as a base64 ``"png"`` or ``"jpeg"`` at ``pixel_ratio`` times its resolution,
+    with its width in CSS pixels (the figure is left open)."""
     buffer = io.BytesIO()
     options = {"pil_kwargs": {"quality": 80}} if image_format == "jpeg" else {}
     figure.savefig(
@@ -62,7 +74,6 @@ def render_png(
         **options,
     )
     width = int(round(figure.get_size_inches()[0] * figure.dpi))
-    plt.close(figure)
     return base64.b64encode(buffer.getvalue()).decode("ascii"), width
 
 
@@ -150,5 +161,41 @@ def explorer_frames(
         render_png(lambda s=s: function(**{**defaults, **s}), image_format, pixel_ratio)
         for s in settings
     ]
+    labels = [_label(s) for s in settings]
+    return HTML(frames_html(pngs, labels, image_format=image_format))
+
+
+def figure_frames(
+    make_figure: Callable[..., Figure],
+    settings: Sequence[Mapping[str, Any]],
+    *,
+    image_format: str = "png",
+    pixel_ratio: float = PIXEL_RATIO,
+):
+    """Pre-draw an explorer that redraws a ``Figure`` itself (a widget box, not ``interact``).
+
+    Args:
+        make_figure: called as ``make_figure(**setting)``; returns the ``Figure`` the explorer
+            would show at that setting (pyplot-free figures are fine: nothing is displayed).
+        settings: the keyword arguments of each frame; the button shows them.
+        image_format: ``"png"`` or ``"jpeg"``.
+        pixel_ratio: resolution multiplier.
+
+    Returns:
+        An ``IPython.display.HTML`` frame switcher, as :func:`explorer_frames` returns.
+    """
+    from IPython.display import HTML
+
+    if not settings:
+        raise ValueError("settings: expected at least one setting, got none")
+    if image_format not in ("png", "jpeg"):
+        raise ValueError(f"image_format: expected 'png' or 'jpeg', got {image_format!r}")
+    pngs = []
+    for setting in settings:
+        figure = make_figure(**setting)
+        if not isinstance(figure, Figure):
+            raise TypeError(f"make_figure: expected a matplotlib Figure, got {type(figure)}")
+        pngs.append(encode_figure(figure, image_format, pixel_ratio))
+        plt.close(figure)
     labels = [_label(s) for s in settings]
     return HTML(frames_html(pngs, labels, image_format=image_format))
