@@ -195,3 +195,14 @@ def test_draw_anchor_labels_draws_dark_ground_truth():
     gt_patch = ax.patches[1]  # ignored anchor first, then the ground truth, then positives
     assert matplotlib.colors.to_hex(gt_patch.get_edgecolor()) == matplotlib.colors.to_hex(GT_COLOUR)
     plt.close("all")
+
+
+def test_box_labels_are_readable_on_light_and_dark_colours():
+    from rcnn_lab.viz.draw import label_text_colour
+
+    assert label_text_colour("white") == "black"
+    assert label_text_colour("yellow") == "black"
+    assert label_text_colour("tab:orange") == "black"
+    assert label_text_colour("black") == "white"
+    assert label_text_colour("tab:blue") == "white"
+    assert label_text_colour("darkred") == "white"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import matplotlib.colors
 import matplotlib.pyplot as plt
 from matplotlib.axes import Axes
 from matplotlib.patches import Rectangle
@@ -22,6 +23,17 @@ def show_image(image: Tensor, ax: Axes | None = None, title: str | None = None) 
     if title:
         ax.set_title(title)
     return ax
+
+
+def label_text_colour(background: str) -> str:
+    """``"black"`` on a light ``background`` colour, ``"white"`` on a dark one (WCAG luminance)."""
+    red, green, blue = (
+        c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4
+        for c in matplotlib.colors.to_rgb(background)
+    )
+    luminance = 0.2126 * red + 0.7152 * green + 0.0722 * blue
+    # the contrast with white, (1.05) / (L + 0.05), beats the one with black above L = 0.179
+    return "black" if luminance > 0.179 else "white"
 
 
 def draw_boxes(
@@ -62,7 +74,7 @@ def draw_boxes(
                 x1,
                 y1,
                 labels[i],
-                color="white",
+                color=label_text_colour(colors[i]),
                 fontsize=8,
                 va="bottom",
                 bbox={"facecolor": colors[i], "alpha": 0.8, "pad": 1, "edgecolor": "none"},
