@@ -28,11 +28,12 @@ import torch
 import rcnn_lab
 from benchmarks import report
 from benchmarks.case import run_case
+from benchmarks.cases_fast_path import FAST_PATH_FACTORIES
 from benchmarks.cases_models import MODEL_FACTORIES
 from benchmarks.cases_ops import OP_FACTORIES
 from benchmarks.timing import machine_info
 
-FACTORIES = {**OP_FACTORIES, **MODEL_FACTORIES}
+FACTORIES = {**OP_FACTORIES, **MODEL_FACTORIES, **FAST_PATH_FACTORIES}
 RESULTS = Path(__file__).parent / "results"
 QUICK_REPEATS = 3
 

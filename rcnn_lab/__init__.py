@@ -41,6 +41,7 @@ from rcnn_lab.builders import (  # noqa: E402
     fasterrcnn_resnet50_fpn_v2,
     fasterrcnn_small_fpn,
 )
+from rcnn_lab.fast_path import optimize_for_inference  # noqa: E402
 
 __all__ = [
     "ops",
@@ -69,4 +70,5 @@ __all__ = [
     "fasterrcnn_mobilenet_v3_large_fpn",
     "fasterrcnn_mobilenet_v3_large_320_fpn",
     "fasterrcnn_small_fpn",
+    "optimize_for_inference",
 ]

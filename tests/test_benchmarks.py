@@ -109,3 +109,36 @@ def test_quick_model_cases(tmp_path):
     for r in results["cases"]:
         if r["group"] == "model":
             assert r["parity"]["same_labels"] and r["parity"]["max_box_diff"] < 1e-3
+
+
+@pytest.mark.slow
+def test_quick_fast_path_case(tmp_path):
+    """The fast-path case (optimised rcnn_lab vs torchvision) in --quick mode: same labels."""
+    main(
+        ["--quick", "--repeats", "1", "--only", "fast_path", "--out", str(tmp_path), "--name", "t"]
+    )
+    results = json.loads((tmp_path / "t.json").read_text())
+    check_records(results["cases"], (tmp_path / "t.md").read_text())
+    [record] = results["cases"]
+    assert record["name"] == "fast_path resnet50_fpn b1"
+    assert record["parity"]["same_labels"] and record["parity"]["max_box_diff"] < 1e-2
+
+
+@pytest.mark.slow
+def test_quick_scaling_run(tmp_path):
+    """benchmarks.scaling --quick: a stage profile, FLOPs, and both scaling series."""
+    from benchmarks import scaling
+
+    path = scaling.main(["--quick", "--repeats", "1", "--out", str(tmp_path), "--name", "s"])
+    results = json.loads(path.read_text())
+    impls = {"rcnn_lab", "rcnn_lab fast path", "torchvision"}
+    assert set(results["stages_ms"]) == impls
+    for stages in results["stages_ms"].values():
+        assert set(stages) == {*scaling.STAGES, "other", "total"}
+        assert stages["total"] > 0 and stages["trunk"] > 0
+    flops = results["stage_flops"]
+    assert flops["trunk"] > 0 and flops["total"] >= sum(flops[s] for s in scaling.STAGES)
+    assert results["matmul_gflops"] > 0
+    assert [r["height"] for r in results["image_size"]] == list(scaling.QUICK_SHORT_SIDES)
+    assert all(set(r["ms"]) == impls for r in results["image_size"])
+    assert [r["proposals"] for r in results["proposals"]] == list(scaling.QUICK_PROPOSALS)
