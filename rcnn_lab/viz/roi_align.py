@@ -15,7 +15,7 @@ from matplotlib.axes import Axes
 from matplotlib.patches import Rectangle
 from torch import Tensor
 
-from rcnn_lab.ops import roi_align, sample_grid
+from rcnn_lab.ops import roi_align, roi_pool, sample_grid
 from rcnn_lab.ops.poolers import LevelMapper
 
 #: Colours of the RoI, its bins, samples that count, samples that fall off the map.
@@ -138,6 +138,105 @@ def draw_roi_pool(
     # cell i stands for image pixels [i / scale, (i + 1) / scale): its left edge is at i - 0.5
     x1, y1, x2, y2 = (v * spatial_scale - 0.5 for v in box)
     ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, color=ROI_COLOUR, lw=2, ls="--"))
+
+
+def draw_numbered_map(
+    ax: Axes, values: Tensor, fontsize: float = 12, bin_outlines: bool = False
+) -> None:
+    """A small [H, W] map as a grid of light cells with every value written in, dark on light.
+
+    Cell (i, j) is centred on the point (x=j, y=i); the axes are labelled with the indices.
+    With ``bin_outlines`` each cell is outlined in the colour of bin i * W + j (for an output
+    drawn beside :func:`draw_roi_pool_worked` or :func:`draw_roi_align_worked`).
+    """
+    data = values.detach().cpu().double()
+    height, width = data.shape
+    top = float(data.abs().max()) or 1.0
+    ax.imshow(data.abs().numpy(), cmap="Greys", vmin=0.0, vmax=4 * top)  # light greys only
+    backdrop = {"fc": "white", "ec": "none", "alpha": 0.6, "pad": 1}  # hides lines behind digits
+    for i in range(height):
+        for j in range(width):
+            ax.text(j, i, f"{float(data[i, j]):g}", ha="center", va="center", fontsize=fontsize,
+                    color="black", bbox=backdrop)  # fmt: skip
+            if bin_outlines:
+                ax.add_patch(Rectangle((j - 0.45, i - 0.45), 0.9, 0.9, fill=False, lw=2.5,
+                                       color=_bin_colour(i * width + j)))  # fmt: skip
+    for y in range(height + 1):
+        ax.axhline(y - 0.5, color="grey", linewidth=0.6)
+    for x in range(width + 1):
+        ax.axvline(x - 0.5, color="grey", linewidth=0.6)
+    ax.set_xticks(range(width))
+    ax.set_yticks(range(height))
+    ax.set_xlim(-0.5, width - 0.5)
+    ax.set_ylim(height - 0.5, -0.5)
+    ax.tick_params(length=0)
+
+
+def _bin_colour(n: int) -> tuple[float, float, float]:
+    return plt.get_cmap("tab10").colors[n % 10]
+
+
+def draw_roi_pool_worked(
+    ax: Axes,
+    values: Tensor,
+    box: tuple[float, float, float, float],
+    output_size: tuple[int, int] = (2, 2),
+    spatial_scale: float = 1.0,
+) -> Tensor:
+    """RoIPool by hand on a small [H, W] map with its values written in.
+
+    Draws the true box (dashed red, cell i standing for [i, i + 1) on the feature grid) and
+    the whole cells of every bin (one colour per bin, outlines inset so that overlapping bins
+    stay visible). Returns ``rcnn_lab.ops.roi_pool``'s [ph, pw] result for the box.
+    """
+    draw_numbered_map(ax, values)
+    height, width = values.shape
+    cells = roi_pool_cells(box, output_size, spatial_scale, shape=(height, width))
+    for n, (r0, r1, c0, c1) in enumerate(cells):
+        inset = 0.06 * (n + 1)
+        corner = (c0 - 0.5 + inset, r0 - 0.5 + inset)
+        size = (c1 - c0 - 2 * inset, r1 - r0 - 2 * inset)
+        ax.add_patch(Rectangle(corner, *size, fill=False, color=_bin_colour(n), lw=2.5))
+    x1, y1, x2, y2 = (v * spatial_scale - 0.5 for v in box)
+    ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, color=ROI_COLOUR, lw=2, ls="--"))
+    rois = torch.tensor([[0.0, *box]], dtype=values.dtype, device=values.device)
+    return roi_pool(values[None, None], rois, output_size, spatial_scale)[0, 0]
+
+
+def draw_roi_align_worked(
+    ax: Axes,
+    values: Tensor,
+    box: tuple[float, float, float, float],
+    output_size: tuple[int, int] = (2, 2),
+    spatial_scale: float = 1.0,
+    aligned: bool = True,
+) -> Tensor:
+    """RoIAlign by hand (one bilinear sample per bin) on a small [H, W] map, values written in.
+
+    Draws the RoI (red), its bins (dashed) and each bin's single sample point labelled with
+    its bilinear value, which with ``sampling_ratio=1`` is the bin's output. Returns
+    ``rcnn_lab.ops.roi_align``'s [ph, pw] result for the box.
+    """
+    draw_numbered_map(ax, values)
+    (x1, y1, x2, y2), ys, xs = roi_align_samples(box, output_size, spatial_scale, 1, aligned)
+    ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, color=ROI_COLOUR, lw=2))
+    ph, pw = output_size
+    for i in range(1, ph):
+        y = y1 + i * (y2 - y1) / ph
+        ax.plot([x1, x2], [y, y], color=ROI_COLOUR, lw=1, ls="--", alpha=0.7)
+    for j in range(1, pw):
+        x = x1 + j * (x2 - x1) / pw
+        ax.plot([x, x], [y1, y2], color=ROI_COLOUR, lw=1, ls="--", alpha=0.7)
+    rois = torch.tensor([[0.0, *box]], dtype=values.dtype, device=values.device)
+    pooled = roi_align(values[None, None], rois, output_size, spatial_scale, 1, aligned)[0, 0]
+    for i, y in enumerate(ys):
+        for j, x in enumerate(xs):
+            ax.plot(x, y, "o", color=_bin_colour(i * pw + j), markersize=7)
+            label = {"fontsize": 10, "color": "black", "ha": "left", "va": "center"}
+            frame = {"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none"}
+            ax.annotate(f"{float(pooled[i, j]):g}", (x, y), xytext=(6, 0),
+                        textcoords="offset points", bbox=frame, **label)  # fmt: skip
+    return pooled
 
 
 def plot_level_mapping(ax: Axes, k_min: int = 2, k_max: int = 5) -> None:

@@ -1,6 +1,7 @@
 """Figures and the explorer of the chapter "The Region Proposal Network".
 
-Shapes: N images, R anchors of an image (all levels), K proposals kept before NMS.
+Shapes: N images, R anchors of an image (all levels), K proposals kept before NMS, A anchors
+per location, L levels, H_l x W_l the grid of level l.
 """
 
 from __future__ import annotations
@@ -55,26 +56,78 @@ def draw_proposals(
     gt_boxes: Tensor | None = None,
     levels: Tensor | None = None,
     title: str | None = None,
+    gt_colour: str = "white",
+    colour: str = "tab:red",
 ) -> Axes:
     """Draw proposals on ``image``, their opacity growing with the score.
 
-    ``levels`` colours each box by its pyramid level (else all are red); the ground truth, if
-    given, is drawn in white.
+    ``levels`` colours each box by its pyramid level (else all are drawn in ``colour``); the
+    ground truth, if given, is drawn in ``gt_colour``.
     """
     show_image(image, ax=ax, title=title)
     if gt_boxes is not None:
-        draw_boxes(ax, gt_boxes, "white", linewidth=2)
+        draw_boxes(ax, gt_boxes, gt_colour, linewidth=2)
     for index in scores.argsort().tolist():  # best boxes drawn last, on top
-        colour = (
-            LEVEL_COLOURS[int(levels[index]) % len(LEVEL_COLOURS)]
-            if levels is not None
-            else "tab:red"
+        box_colour = (
+            LEVEL_COLOURS[int(levels[index]) % len(LEVEL_COLOURS)] if levels is not None else colour
         )
         alpha = 0.15 + 0.85 * float(scores[index])
-        draw_boxes(ax, boxes[index : index + 1], colour, linewidth=1.0, alpha=alpha)
+        draw_boxes(ax, boxes[index : index + 1], box_colour, linewidth=1.0, alpha=alpha)
     ax.set_xlim(0, image.shape[-1])
     ax.set_ylim(image.shape[-2], 0)
     return ax
+
+
+@torch.no_grad()
+def objectness_maps(rpn: RegionProposalNetwork, features: dict[str, Tensor]) -> list[Tensor]:
+    """The objectness probability the RPN head gives the first image, level by level.
+
+    Returns:
+        L maps [H_l, W_l]: at every position, the highest sigmoid(logit) of its A anchors.
+    """
+    logits, _ = rpn.head(list(features.values()))  # L tensors [N, A, H_l, W_l]
+    return [torch.sigmoid(level[0]).amax(dim=0) for level in logits]
+
+
+def stretch_to_image(maps: list[Tensor], image_size: tuple[int, int]) -> Tensor:
+    """The pixelwise maximum of ``maps``, each stretched over an image of ``image_size``.
+
+    Level l covers the image with cells of ``image_size // (H_l, W_l)`` pixels, the stride the
+    anchor generator gives that level; pixels past the last cell read the last cell.
+
+    Returns:
+        [H, W] with ``(H, W) = image_size``.
+    """
+    height, width = image_size
+    heat = maps[0].new_zeros(height, width)
+    for level_map in maps:
+        rows, cols = level_map.shape
+        y = (torch.arange(height, device=heat.device) // (height // rows)).clamp(max=rows - 1)
+        x = (torch.arange(width, device=heat.device) // (width // cols)).clamp(max=cols - 1)
+        heat = torch.maximum(heat, level_map[y[:, None], x[None, :]])  # [H, W]
+    return heat
+
+
+def draw_objectness(
+    ax: Axes,
+    image: Tensor,
+    maps: list[Tensor],
+    gt_boxes: Tensor | None = None,
+    title: str | None = None,
+    alpha: float = 0.6,
+):
+    """Overlay on ``image`` the objectness heat map of ``maps`` (see :func:`stretch_to_image`).
+
+    The colour scale runs from 0 (dark) to 1 (bright); the ground truth, if given, is drawn
+    dashed in cyan. Returns the ``AxesImage`` of the heat map (for a colour bar).
+    """
+    show_image(image, ax=ax, title=title)
+    heat = stretch_to_image(maps, tuple(image.shape[-2:]))
+    shown = ax.imshow(heat.detach().cpu().float().numpy(), cmap="inferno", vmin=0.0, vmax=1.0,
+                      alpha=alpha)  # fmt: skip
+    if gt_boxes is not None:
+        draw_boxes(ax, gt_boxes, "cyan", linewidth=1.5, linestyle="--")
+    return shown
 
 
 def rpn_explorer(
