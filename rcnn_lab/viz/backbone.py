@@ -46,14 +46,15 @@ def plot_padded_batch(
     marks it. ``boxes`` are the resized targets, one [G, 4] tensor per image.
     """
     batch = denormalize(images.tensors, mean, std)
-    if axes is None:
-        _, axes = plt.subplots(1, len(batch), figsize=(4.2 * len(batch), 4))
     height, width = batch.shape[-2:]
+    if axes is None:  # 3.3 in per image: titles stay readable when the figure fits the column
+        panel_h = 3.3 * height / width + 0.6
+        _, axes = plt.subplots(1, len(batch), figsize=(3.3 * len(batch), panel_h))
     for i, (ax, (h, w)) in enumerate(zip(axes, images.image_sizes)):
-        show_image(batch[i], ax=ax, title=f"image {h}x{w} -> padded {height}x{width}")
+        show_image(batch[i], ax=ax, title=f"image {h}x{w}\npadded to {height}x{width}")
         ax.set_axis_on()
-        ax.set_xticks([0, w, width])
-        ax.set_yticks([0, h, height])
+        ax.set_xticks(sorted({0, w, width}))  # an unpadded side: one tick, not two
+        ax.set_yticks(sorted({0, h, height}))
         for x, y, pw, ph in ((w, 0, width - w, height), (0, h, w, height - h)):
             ax.add_patch(Rectangle((x - 0.5, y - 0.5), pw, ph, fill=False, hatch="//", lw=0))
         if boxes is not None:
@@ -67,19 +68,40 @@ def feature_energy(feature: Tensor) -> Tensor:
 
 
 def plot_pyramid(
-    features: dict[str, Tensor], image_hw: tuple[int, int], index: int = 0
+    features: dict[str, Tensor],
+    image_hw: tuple[int, int],
+    index: int = 0,
+    image: Tensor | None = None,
+    ncols: int = 3,
 ) -> Sequence[Axes]:
     """One panel per pyramid level: the channel-mean |activation| of image ``index``.
 
-    Every panel spans the same padded image extent, so a coarse level shows as big cells.
+    Every panel spans the same padded image extent (``image_hw``), so a coarse level shows as
+    big cells. ``image``, a [3, H, W] tensor with values in [0, 1] (the padded input, for
+    example), adds a first panel to compare with. The panels fill a grid of ``ncols`` columns,
+    about 3 in wide each, so that the titles stay readable at the width of a book page.
+    Returns the axes that show something, in order.
     """
-    fig, axes = plt.subplots(1, len(features), figsize=(3.1 * len(features), 3))
     height, width = image_hw
-    for ax, (name, feature) in zip(axes, features.items()):
+    count = len(features) + (image is not None)
+    nrows = -(-count // ncols)  # ceil
+    panel_w = 3.0
+    panel_h = panel_w * height / width + 0.45  # room for a one-line title
+    fig, grid = plt.subplots(
+        nrows, ncols, figsize=(panel_w * ncols, panel_h * nrows), squeeze=False
+    )
+    axes = list(grid.flatten())
+    for ax in axes[count:]:
+        ax.set_axis_off()
+    axes = axes[:count]
+    panels = iter(axes)
+    if image is not None:
+        show_image(image, ax=next(panels), title=f"input, {height}x{width}")
+    for ax, (name, feature) in zip(panels, features.items()):
         grid_h, grid_w = feature.shape[-2:]
         level = LEVEL_NAMES.get(name, name)
         ax.imshow(feature_energy(feature[index]).cpu().numpy(), extent=(0, width, height, 0))
-        ax.set_title(f"{level} ('{name}'): {grid_h}x{grid_w}, stride {height // grid_h}")
+        ax.set_title(f"{level}: {grid_h}x{grid_w}, stride {height // grid_h}")
         ax.set_axis_off()
     fig.tight_layout()
     return axes
