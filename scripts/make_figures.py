@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Draw the static figures of the book and the README (book/images/*.png), deterministically.
+"""Draw the static figures of the book and the README (book/images/), deterministically.
 
 python scripts/make_figures.py
 """
@@ -14,7 +14,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
+from rcnn_lab.data import ShapesDataset  # noqa: E402
 from rcnn_lab.ops import nms  # noqa: E402
+from rcnn_lab.pretrained import load_shapes_model  # noqa: E402
+from rcnn_lab.viz.detections import detect, draw_detections  # noqa: E402
 from rcnn_lab.viz.draw import draw_boxes, show_image  # noqa: E402
 from rcnn_lab.viz.scene import jitter_boxes, toy_scene  # noqa: E402
 
@@ -39,10 +42,26 @@ def nms_figure(path: Path) -> None:
     plt.close(fig)
 
 
+def detections_figure(path: Path) -> None:
+    """The shipped model on four held-out test scenes (float64: the same boxes on any CPU)."""
+    detector = load_shapes_model().double()
+    test_set = ShapesDataset("test", size=12)
+    fig, axes = plt.subplots(1, 4, figsize=(16, 4.4))
+    for ax, index in zip(axes, (1, 2, 5, 10)):
+        image, target = test_set[index]
+        found = detect(detector, [image.double()], score_thresh=0.5)[0]
+        title = f"scene {index}: {len(target['boxes'])} objects, {len(found['boxes'])} found"
+        draw_detections(ax, image, found, detector.class_names, target=target, title=title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80, pil_kwargs={"quality": 85})
+    plt.close(fig)
+
+
 def main() -> int:
     """Write every figure."""
     OUT.mkdir(parents=True, exist_ok=True)
     nms_figure(OUT / "nms_overview.png")
+    detections_figure(OUT / "shipped_detections.jpg")
     return 0
 
 

@@ -47,8 +47,6 @@ CHROMIUM_FLAGS = [
     # same-origin. This flag gives file:// pages the same rule.
     "--allow-file-access-from-files",
 ]
-#: chapters whose explorer must render as a live widget view in the HTML
-WIDGET_CHAPTERS = {"book/01_boxes_iou_nms"}
 
 
 def _toc_pages() -> list[str]:
@@ -75,6 +73,40 @@ def _show_source_calls(page_name: str) -> int:
     cells = json.loads(path.read_text())["cells"]
     code = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
     return len(re.findall(r"^\s*(?:_ = )?show_source\(", code, flags=re.MULTILINE))
+
+
+def _notebook_json(page_name: str) -> str:
+    """The chapter's notebook file as text ("" for a Markdown page)."""
+    path = ROOT / f"{page_name}.ipynb"
+    return path.read_text() if path.is_file() else ""
+
+
+def _notebook_text(page_name: str, cell_type: str) -> str:
+    """All sources (``"markdown"``/``"code"``) or, for ``"outputs"``, stored HTML outputs."""
+    path = ROOT / f"{page_name}.ipynb"
+    if not path.is_file():
+        return ""
+    cells = json.loads(path.read_text())["cells"]
+    if cell_type == "outputs":
+        return "\n".join(
+            "".join(out.get("data", {}).get("text/html", ""))
+            for c in cells
+            if c["cell_type"] == "code"
+            for out in c.get("outputs", [])
+        )
+    return "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == cell_type)
+
+
+#: chapters that store a widget view (an explorer): it must render as widgets with its figure
+WIDGET_CHAPTERS = [
+    p for p in CHAPTERS if "application/vnd.jupyter.widget-view+json" in _notebook_json(p)
+]
+#: chapters that store pre-drawn explorer frames (rcnn_lab.viz.frames) for the static book
+FRAME_CHAPTERS = [p for p in CHAPTERS if 'class="rl-frames"' in _notebook_text(p, "outputs")]
+#: chapters with a collapsible deep dive (a MyST dropdown titled "Deep dive...")
+DEEP_DIVE_CHAPTERS = [
+    p for p in CHAPTERS if re.search(r"\{dropdown\} Deep dive", _notebook_text(p, "markdown"))
+]
 
 
 @pytest.fixture(scope="module")
@@ -185,6 +217,14 @@ def test_page_renders_offline(opened, page_name):
     assert page.title().strip(), "empty <title>"
     assert page.locator("h1").count() >= 1, "no page heading"
     assert page.locator(".bd-sidebar-primary nav a").count() >= 2, "sidebar navigation missing"
+    listed = page.evaluate(
+        "Array.from(document.querySelectorAll('.bd-sidebar-primary nav.bd-links a'))"
+        ".map(a => a.href.split('#')[0].replace(/\\.html$/, ''))"
+    )
+    expected = [(HTML / p).as_uri() for p in PAGES[1:]]
+    assert [h for h in listed if h in expected] == expected, (
+        "sidebar: pages missing or out of order"
+    )
     broken = page.evaluate(
         "Array.from(document.images).filter(i => !(i.complete && i.naturalWidth > 0))"
         ".map(i => i.src)"
@@ -199,6 +239,11 @@ def test_page_renders_offline(opened, page_name):
     if page_name in WIDGET_CHAPTERS:
         page.wait_for_selector(".widget-slider, .jupyter-widgets .widget-hslider", timeout=15000)
         assert page.locator(".jupyter-widgets").count() >= 1
+        figures = page.evaluate(
+            "Array.from(document.querySelectorAll('.jupyter-widgets img'))"
+            ".filter(i => i.complete && i.naturalWidth > 0).length"
+        )
+        assert figures >= 1, "the explorer's widgets render without their figure"
     if page_name in CHAPTERS:
         links = page.evaluate("Array.from(document.querySelectorAll('a')).map(a => a.href)")
         launch = [h for h in links if "colab.research.google.com" in h or "mybinder.org" in h]
@@ -313,3 +358,49 @@ def test_intro_has_no_placeholder_and_no_unlinked_chapters(opened):
     assert rows, "the chapter map is missing"
     unlinked = [number for number, links in rows if links == 0]
     assert unlinked == [], f"chapters listed without a link: {unlinked}"
+
+
+@pytest.mark.parametrize("page_name", FRAME_CHAPTERS)
+def test_static_explorer_switches_its_figure(opened, page_name):
+    """Without a kernel: clicking another pre-drawn setting shows another figure."""
+    page = opened(page_name, PHONE).page
+    frames = page.locator(".rl-frames").first
+    frames.scroll_into_view_if_needed()
+
+    def visible_figure() -> list[int]:
+        """hash() of each shown picture's data (normally one)."""
+        sources = frames.evaluate(
+            "f => Array.from(f.querySelectorAll('img.rl-frame'))"
+            ".filter(i => getComputedStyle(i).display !== 'none').map(i => i.src)"
+        )
+        return [hash(src) for src in sources]
+
+    before = visible_figure()
+    assert len(before) == 1, f"{len(before)} figures shown at once"
+    labels = frames.locator("label")
+    assert labels.count() >= 2, "fewer than two settings to switch between"
+    labels.nth(labels.count() - 1).click()
+    page.wait_for_timeout(200)
+    after = visible_figure()
+    assert len(after) == 1 and after != before, "clicking a setting did not switch the figure"
+    frames.screenshot(path=str(SHOTS / f"{page_name.replace('/', '_')}_{PHONE}_frames.png"))
+
+
+def test_some_chapters_have_deep_dives():
+    assert len(DEEP_DIVE_CHAPTERS) >= 4, f"deep dives only in {DEEP_DIVE_CHAPTERS}"
+
+
+@pytest.mark.parametrize("page_name", DEEP_DIVE_CHAPTERS)
+def test_deep_dives_are_collapsed(opened, page_name):
+    """A newcomer reads past the implementation internals: deep dives start closed."""
+    page = opened(page_name).page
+    dives = page.evaluate(
+        "Array.from(document.querySelectorAll('.bd-article details'))"
+        ".filter(d => /Deep dive/.test(d.querySelector('summary').textContent))"
+        ".map(d => ({open: d.open, height: d.getBoundingClientRect().height,"
+        " title: d.querySelector('summary').textContent.trim().slice(0, 60)}))"
+    )
+    assert dives, "no deep-dive dropdown in the page"
+    opened_ones = [d["title"] for d in dives if d["open"]]
+    assert opened_ones == [], f"deep dives shown expanded: {opened_ones}"
+    assert all(d["height"] < 120 for d in dives), f"a closed deep dive takes room: {dives}"

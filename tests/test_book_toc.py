@@ -38,3 +38,23 @@ def test_config_renders_stored_outputs_offline():
     assert all(not url.startswith("http") for url in sphinx["nb_ipywidgets_js"])
     assert config["repository"]["url"].startswith("https://")
     assert config["launch_buttons"]["colab_url"] and config["launch_buttons"]["binderhub_url"]
+
+
+def test_readme_lists_every_chapter_and_its_pictures_exist():
+    import re
+
+    readme = (ROOT / "README.md").read_text()
+    numbers = {int(m) for m in re.findall(r"^\| (\d+) \|", readme, flags=re.MULTILINE)}
+    chapters = {int(p.name.split("_", 1)[0]) for p in BOOK.glob("[0-9][0-9]_*.ipynb")}
+    assert numbers == chapters, f"README table {sorted(numbers)} vs chapters {sorted(chapters)}"
+    for picture in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", readme):
+        assert (ROOT / picture).is_file(), f"README shows {picture}, which is not in the repository"
+
+
+def test_intro_map_links_every_chapter_in_order():
+    import re
+
+    intro = (BOOK / "intro.md").read_text()
+    linked = re.findall(r"^\| \d+ \| \[[^\]]+\]\(([^)]+)\.ipynb\)", intro, flags=re.MULTILINE)
+    chapters = sorted(p.stem for p in BOOK.glob("[0-9][0-9]_*.ipynb"))
+    assert linked == chapters, f"the intro's map links {linked}"

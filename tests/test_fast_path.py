@@ -195,12 +195,14 @@ def test_optimized_detections_equal_the_original(detector, dtype):
     images = images_of(dtype)
     with torch.no_grad():
         ours, reference = fast(images), model(images)
-    atol = 1e-2 if dtype == torch.float32 else 1e-8
+    # float32: folding rounds the weights differently, and a box corner ~100 px out moves by up
+    # to ~1e-4 of its value (0.0103 px measured once at 112 px, with the full suite's threading)
+    atol, rtol = (1e-2, 1e-4) if dtype == torch.float32 else (1e-8, 0.0)
     total = 0
     for a, b in zip(ours, reference, strict=True):
         torch.testing.assert_close(a["labels"], b["labels"], rtol=0, atol=0)
-        torch.testing.assert_close(a["boxes"], b["boxes"], rtol=0, atol=atol)
-        torch.testing.assert_close(a["scores"], b["scores"], rtol=0, atol=atol)
+        torch.testing.assert_close(a["boxes"], b["boxes"], rtol=rtol, atol=atol)
+        torch.testing.assert_close(a["scores"], b["scores"], rtol=rtol, atol=atol)
         total += len(a["labels"])
     assert total > 0, "the random weights should produce some detections"
     after = model.state_dict()
