@@ -186,8 +186,23 @@ def keep_unchanged_outputs(old: nbformat.NotebookNode, new: nbformat.NotebookNod
             after.outputs = before.outputs
 
 
+def _no_output_widget_echo() -> None:
+    """Stop nbclient from sending each captured Output-widget output back to the kernel.
+
+    nbclient mirrors every output an ``Output`` widget (an ``interact`` explorer) captures back
+    to the kernel as a comm message on the shell channel, while the cell still runs. With the
+    large figures of some explorers this stalled chapter 4's execution for minutes, kernel and
+    client both idle (see jupyter/nbclient#312). The kernel never reads those outputs back: the
+    stored widget state, which the book renders, is kept on the client side either way.
+    """
+    from nbclient.output_widget import OutputWidget
+
+    OutputWidget.sync_state = lambda self: None
+
+
 def execute(path: Path, timeout: int = 900) -> float:
     """Execute one notebook in place; returns the seconds it took."""
+    _no_output_widget_echo()
     nb = nbformat.read(path, as_version=4)
     ensure_colab_cell(nb)
     previous = copy.deepcopy(nb)
