@@ -128,3 +128,16 @@ def test_chapter_asserts_parity(path):
     code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
     assert "assert" in code
     assert "torchvision" in code
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_no_stray_repl_output(path):
+    """Return values nobody meant to show (a Generator's repr, load_state_dict's key report)."""
+    nb = _load(path)
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type != "code":
+            continue
+        for out in cell.outputs:
+            text = str(out.get("text", "")) + str(out.get("data", {}).get("text/plain", ""))
+            for stray in ("<torch._C.Generator", "<All keys matched successfully>"):
+                assert stray not in text, f"cell {i} shows {stray}...>"
