@@ -103,14 +103,22 @@ def _model_inputs(device, quick: bool, batch: int) -> list[torch.Tensor]:
     return scenes.images(batch, *(QUICK_SIZE if quick else FULL_SIZE), device=device)
 
 
-def inference_case(builder: str, batch: int, device, quick: bool) -> Case:
+def inference_case(
+    builder: str, batch: int, device, quick: bool, prepare=None, label: str = "", note: str = ""
+) -> Case:
+    """End-to-end inference, rcnn_lab vs torchvision with the same weights; ``prepare`` (e.g.
+    ``rcnn_lab.optimize_for_inference``) transforms rcnn_lab's model first, ``label`` prefixes
+    the case name and ``note`` is appended to its parameters."""
     ours, theirs = build_pair(builder, str(device), quick)
+    if prepare is not None:
+        ours = prepare(ours)
     images = _model_inputs(device, quick, batch)
     h, w = images[0].shape[-2:]
+    prefix, suffix = (f"{label} " if label else ""), (f", {note}" if note else "")
     return Case(
-        name=f"{builder.removeprefix('fasterrcnn_')} b{batch}",
+        name=f"{prefix}{builder.removeprefix('fasterrcnn_')} b{batch}",
         group="model",
-        params=f"inference, {batch}x{h}x{w}",
+        params=f"inference, {batch}x{h}x{w}{suffix}",
         impls={
             "rcnn_lab": torch.no_grad()(lambda: ours(images)),
             "torchvision": torch.no_grad()(lambda: theirs(images)),

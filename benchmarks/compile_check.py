@@ -18,7 +18,6 @@ are, which checks that compiling works without generating code.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections import Counter
@@ -124,10 +123,8 @@ def main(argv: list[str] | None = None) -> Path:
             entry[impl]["compile"] = compiled_run(model, images, backend)
             print(f"{builder} {impl}: {entry[impl]['compile']}", file=sys.stderr, flush=True)
         results["models"][builder] = entry
-    args.out.mkdir(parents=True, exist_ok=True)
     name = args.name or report.machine_name(info) + "-compile"
-    path = args.out / f"{name}.json"
-    path.write_text(json.dumps(results, indent=1) + "\n")
+    path = report.write_json(args.out, name, results)
     print(f"written: {path}", file=sys.stderr)
     return path
 

@@ -87,12 +87,18 @@ def markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write(out_dir: Path, name: str, info: dict, records: list[dict]) -> tuple[Path, str]:
-    """Merge ``records`` into ``out_dir/<name>.json``, write ``<name>.md``; return (json, table)."""
+def write_json(out_dir: Path, name: str, results: dict) -> Path:
+    """Write ``results`` to ``out_dir/<name>.json`` (creating the folder); return its path."""
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{name}.json"
-    results = merge(path, info, records)
     path.write_text(json.dumps(results, indent=1) + "\n")
+    return path
+
+
+def write(out_dir: Path, name: str, info: dict, records: list[dict]) -> tuple[Path, str]:
+    """Merge ``records`` into ``out_dir/<name>.json``, write ``<name>.md``; return (json, table)."""
+    results = merge(out_dir / f"{name}.json", info, records)
+    path = write_json(out_dir, name, results)
     table = markdown(results)
     (out_dir / f"{name}.md").write_text(table)
     return path, table

@@ -20,7 +20,6 @@ thread the whole run takes a few minutes; ``--quick`` runs tiny sizes in seconds
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -239,9 +238,7 @@ def main(argv: list[str] | None = None) -> Path:
             models, QUICK_PROPOSALS if args.quick else PROPOSALS, size, device, args.repeats
         ),
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"{name}.json"
-    path.write_text(json.dumps(results, indent=1) + "\n")
+    path = report.write_json(args.out, name, results)
     print(f"written: {path}", file=sys.stderr)
     return path
 
