@@ -17,12 +17,14 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils.rnn import pad_sequence
 
 from rcnn_lab.box_coder import SMOOTH_L1_BETA, BoxCoder
 from rcnn_lab.checks import check_callables, check_label_range, check_targets
 from rcnn_lab.fpn import conv_norm
 from rcnn_lab.matcher import BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS, Matcher, MatcherProtocol
-from rcnn_lab.ops.boxes import batched_nms, box_iou, clip_boxes_to_image, remove_small_boxes
+from rcnn_lab.ops.boxes import box_iou
+from rcnn_lab.ops.nms_per_image import batched_nms_per_image, clip_boxes_to_images
 from rcnn_lab.sampler import BalancedPositiveNegativeSampler, SamplerProtocol
 
 #: Label of the background class, and the label of proposals the sampler must ignore.
@@ -346,34 +348,41 @@ class RoIHeads(nn.Module):
         """Scores and per-class boxes of every RoI -> per image boxes [M, 4], scores [M],
         labels [M], M <= detections_per_img, sorted by decreasing score."""
         counts = [len(boxes) for boxes in proposals]
+        if not counts:
+            return [], [], []
         pred_boxes = self.box_coder.decode(box_regression, proposals)  # [K, C, 4]
         pred_scores = F.softmax(class_logits, dim=-1)  # [K, C]
-        all_boxes, all_scores, all_labels = [], [], []
-        for boxes, scores, image_size in zip(
-            pred_boxes.split(counts), pred_scores.split(counts), image_shapes, strict=True
-        ):
-            boxes, scores, labels = self._detections_of_image(boxes, scores, image_size)
-            all_boxes.append(boxes)
-            all_scores.append(scores)
-            all_labels.append(labels)
+        num_classes = pred_scores.shape[1]
+        # every (RoI, foreground class) pair becomes a candidate detection of its own; images
+        # are padded to the most RoIs (pad_sequence: one copy, no host read) and the padding
+        # is marked invalid
+        present = [torch.ones(n, dtype=torch.bool, device=pred_scores.device) for n in counts]
+        present = pad_sequence(present, batch_first=True)[..., None].expand(-1, -1, num_classes - 1)
+        boxes = pad_sequence(list(pred_boxes.split(counts)), batch_first=True)[:, :, 1:]
+        scores = pad_sequence(list(pred_scores.split(counts)), batch_first=True)[:, :, 1:]
+        classes = torch.arange(1, num_classes, device=scores.device).expand_as(scores)
+        num_images = len(counts)
+        boxes = clip_boxes_to_images(boxes.reshape(num_images, -1, 4), image_shapes)  # [N, K*, 4]
+        scores, classes = scores.reshape(num_images, -1), classes.reshape(num_images, -1)
+        sides = boxes[..., 2:] - boxes[..., :2]  # [N, K*, 2] (width, height)
+        valid = (
+            present.reshape(num_images, -1)
+            & (scores > self.score_thresh)
+            & (sides >= MIN_DETECTION_SIZE).all(dim=2)
+        )
+        keep = batched_nms_per_image(
+            boxes,
+            scores,
+            classes,
+            valid,
+            self.nms_thresh,
+            top_n=self.detections_per_img,
+            max_group_size=max(counts),  # a class's candidates: one per RoI
+        )  # per image, by decreasing score
+        all_boxes = [b[k] for b, k in zip(boxes, keep, strict=True)]
+        all_scores = [s[k] for s, k in zip(scores, keep, strict=True)]
+        all_labels = [c[k] for c, k in zip(classes, keep, strict=True)]
         return all_boxes, all_scores, all_labels
-
-    def _detections_of_image(
-        self, boxes: Tensor, scores: Tensor, image_size: tuple[int, int]
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """One image: boxes [K_i, C, 4], scores [K_i, C] -> kept boxes, scores, labels."""
-        classes = torch.arange(scores.shape[1], device=scores.device).expand_as(scores)
-        # every (RoI, foreground class) pair becomes a candidate detection of its own
-        boxes = boxes[:, 1:].reshape(-1, 4)  # [K_i*(C-1), 4]
-        scores = scores[:, 1:].reshape(-1)  # [K_i*(C-1)]
-        classes = classes[:, 1:].reshape(-1)  # [K_i*(C-1)]
-        boxes = clip_boxes_to_image(boxes, image_size)
-        keep = torch.where(scores > self.score_thresh)[0]
-        boxes, scores, classes = boxes[keep], scores[keep], classes[keep]
-        keep = remove_small_boxes(boxes, min_size=MIN_DETECTION_SIZE)
-        boxes, scores, classes = boxes[keep], scores[keep], classes[keep]
-        keep = batched_nms(boxes, scores, classes, self.nms_thresh)[: self.detections_per_img]
-        return boxes[keep], scores[keep], classes[keep]
 
     def forward(
         self,

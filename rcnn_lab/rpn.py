@@ -27,6 +27,7 @@ from rcnn_lab.checks import check_callables, check_targets
 from rcnn_lab.image_list import ImageList
 from rcnn_lab.matcher import BETWEEN_THRESHOLDS, Matcher, MatcherProtocol
 from rcnn_lab.ops import boxes as box_ops
+from rcnn_lab.ops.nms_per_image import batched_nms_per_image, clip_boxes_to_images
 from rcnn_lab.sampler import BalancedPositiveNegativeSampler, SamplerProtocol
 
 #: Proposals narrower or shorter than this many pixels are dropped (degenerate after clipping).
@@ -345,7 +346,11 @@ class RegionProposalNetwork(nn.Module):
         image_shapes: list[tuple[int, int]],
         num_anchors_per_level: list[int],
     ) -> tuple[list[Tensor], list[Tensor]]:
-        """Select the final proposals of every image.
+        """Select the final proposals of every image: the whole batch at once, no loop over images.
+
+        Per level top-n, clip, drop tiny and unlikely boxes, NMS per level, the post-NMS top-n:
+        torchvision's steps and results, with a fixed number of host reads for any batch size
+        (:func:`~rcnn_lab.ops.batched_nms_per_image`).
 
         Args:
             proposals: [N, R, 4] decoded boxes.
@@ -363,27 +368,25 @@ class RegionProposalNetwork(nn.Module):
         top_boxes, top_scores, top_levels, _ = self.select_top_n(
             proposals, objectness, num_anchors_per_level
         )
-        final_boxes, final_scores = [], []
-        for boxes, scores, lvl, image_shape in zip(
-            top_boxes, top_scores, top_levels, image_shapes, strict=True
-        ):
-            boxes, scores = self._filter_image(boxes, scores, lvl, image_shape)
-            final_boxes.append(boxes)
-            final_scores.append(scores)
+        boxes = clip_boxes_to_images(top_boxes, image_shapes)  # [N, K, 4]
+        sides = boxes[..., 2:] - boxes[..., :2]  # [N, K, 2] (width, height)
+        # drop boxes under min_size (degenerate after clipping) and, optionally, unlikely ones
+        # (>=: a 0.0 threshold keeps everything); masked, not removed: no host read
+        valid = (sides >= self.min_size).all(dim=2) & (top_scores >= self.score_thresh)
+        # levels as NMS groups: a box of one level never suppresses a box of another; NMS
+        # gives each image's indices by decreasing score
+        keep = batched_nms_per_image(
+            boxes,
+            top_scores,
+            top_levels,
+            valid,
+            self.nms_thresh,
+            top_n=self.post_nms_top_n(),
+            max_group_size=self.pre_nms_top_n(),  # a level's candidates
+        )
+        final_boxes = [b[k] for b, k in zip(boxes, keep, strict=True)]
+        final_scores = [s[k] for s, k in zip(top_scores, keep, strict=True)]
         return final_boxes, final_scores
-
-    def _filter_image(
-        self, boxes: Tensor, scores: Tensor, levels: Tensor, image_shape: tuple[int, int]
-    ) -> tuple[Tensor, Tensor]:
-        """Clip, drop tiny and low-score boxes, NMS per level, keep the post-NMS top-n."""
-        boxes = box_ops.clip_boxes_to_image(boxes, image_shape)  # [K, 4]
-        keep = box_ops.remove_small_boxes(boxes, self.min_size)
-        keep = keep[scores[keep] >= self.score_thresh]  # >=: a 0.0 threshold keeps everything
-        boxes, scores, levels = boxes[keep], scores[keep], levels[keep]
-        # levels as NMS groups: a box of one level never suppresses a box of another
-        keep = box_ops.batched_nms(boxes, scores, levels, self.nms_thresh)
-        keep = keep[: self.post_nms_top_n()]  # NMS returns indices by decreasing score
-        return boxes[keep], scores[keep]
 
     def compute_loss(
         self,

@@ -9,6 +9,7 @@ from rcnn_lab.ops.boxes import (
     nms,
     remove_small_boxes,
 )
+from rcnn_lab.ops.nms_per_image import batched_nms_per_image, clip_boxes_to_images
 from rcnn_lab.ops.poolers import MultiScalePooler, MultiScaleRoIAlign, MultiScaleRoIPool
 from rcnn_lab.ops.roi_align import RoIAlign, roi_align, sample_grid
 from rcnn_lab.ops.roi_pool import RoIPool, roi_pool
@@ -21,6 +22,8 @@ __all__: list[str] = [
     "remove_small_boxes",
     "nms",
     "batched_nms",
+    "batched_nms_per_image",
+    "clip_boxes_to_images",
     "roi_align",
     "RoIAlign",
     "sample_grid",

@@ -51,8 +51,9 @@ _DENSE_MAX_BOXES = 8192
 # Box pairs compared at once on an accelerator: float32 temporaries of 16-32 MiB each.
 _DENSE_PAIR_BUDGET = 1 << 22
 # Rounds of the dense resolution between two checks of "every box decided", and the checks made
-# before the blocked path takes over (a chain of suppressions longer than 32).
-_DENSE_ROUNDS = 8
+# before the blocked path takes over (a chain of suppressions longer than 64). The RPN of a
+# random ResNet-50-FPN needed 10 rounds at 800 x 1066, the shipped model's RPN 6 (measured).
+_DENSE_ROUNDS = 16
 _DENSE_CHECKS = 4
 # torchvision's size switch in batched_nms: above this many coordinates it runs NMS class by class.
 _PER_CLASS_NUMEL = {"cpu": 4000}
@@ -259,17 +260,23 @@ def _sorted_columns(boxes: Tensor, order: Tensor) -> Tensor:
     return torch.stack((x1, y1, x2, y2, (x2 - x1) * (y2 - y1)))
 
 
-def _pair_iou(a: Tensor, b: Tensor) -> Tensor:
-    """IoU of every pair of columns of a [5, K] and b [5, M] (rows x1, y1, x2, y2, area): [K, M].
+def _iou_of(a: Tensor, b: Tensor) -> Tensor:
+    """Elementwise IoU of broadcastable a [5, ...] and b [5, ...] (rows x1, y1, x2, y2, area).
 
     The order of operations is torchvision's CPU kernel's (clamped w * h, then
-    inter / ((area_a + area_b) - inter)), so float32 results are bit-identical to it.
+    inter / ((area_a + area_b) - inter)), so float32 results are bit-identical to it; the
+    result is symmetric in a and b bit for bit (max, min and the sum of two areas commute).
     """
-    a, b = a[:, :, None], b[:, None, :]  # [5, K, 1] and [5, 1, M]
-    top_left = torch.maximum(a[:2], b[:2])  # [2, K, M] (x, y) of the overlap's top-left
-    sides = torch.minimum(a[2:4], b[2:4]).sub_(top_left).clamp_(min=0)  # [2, K, M] (w, h)
-    inter = sides[0].mul_(sides[1])  # [K, M]
+    top_left = torch.maximum(a[:2], b[:2])  # [2, ...] (x, y) of the overlap's top-left
+    sides = torch.minimum(a[2:4], b[2:4]).sub_(top_left).clamp_(min=0)  # [2, ...] (w, h)
+    inter = sides[0].mul_(sides[1])
     return inter.div_((a[4] + b[4]).sub_(inter))
+
+
+def _pair_iou(a: Tensor, b: Tensor) -> Tensor:
+    """IoU of every pair of columns of a [5, ..., K] and b [5, ..., M] (rows x1, y1, x2, y2,
+    area; "..." batch dimensions): [..., K, M], computed as :func:`_iou_of` does."""
+    return _iou_of(a.unsqueeze(-1), b.unsqueeze(-2))  # [5, ..., K, 1] with [5, ..., 1, M]
 
 
 @functools.lru_cache(maxsize=8)
@@ -457,48 +464,84 @@ def _greedy_keep(cols: Tensor, thr: float, labels: Tensor | None = None) -> Tens
 
 
 def _dense_overlaps(cols: Tensor, thr: float, labels: Tensor | None) -> Tensor:
-    """[N, N] bool: box i overlaps box j above thr (same label) and i < j; ``cols`` is [5, N].
+    """[G, n, n] bool: box i overlaps box j above thr (same label) and i < j, in each of G sets.
 
-    IoU is symmetric bit for bit (max, min and the sum of the two areas commute), so row i
-    holds what torchvision's loop computes when it meets box i kept.
+    ``cols`` is [5, G, n] (:func:`_sorted_columns` rows for G sets of n boxes), ``labels``
+    [G, n] or None. IoU is symmetric bit for bit (max, min and the sum of the two areas
+    commute), so row i holds what torchvision's loop computes when it meets box i kept.
     """
-    n = cols.shape[1]
-    over = torch.zeros((n, n), dtype=torch.bool, device=cols.device)
-    rows = max(1, _DENSE_PAIR_BUDGET // n)
+    _, g, n = cols.shape
+    over = torch.zeros((g, n, n), dtype=torch.bool, device=cols.device)
+    rows = max(1, _DENSE_PAIR_BUDGET // max(1, g * n))
     for start in range(0, n, rows):
         stop = min(n, start + rows)
-        pair_labels = None if labels is None else (labels[start:stop], labels[start:])
-        over[start:stop, start:] = _overlaps(cols[:, start:stop], cols[:, start:], thr, pair_labels)
+        block = _pair_iou(cols[:, :, start:stop], cols[:, :, start:]) > thr  # [G, rows, n - start]
+        if labels is not None:  # NMS never crosses labels
+            block &= labels[:, start:stop, None] == labels[:, None, start:]
+        over[:, start:stop, start:] = block
     return over.triu_(diagonal=1)
+
+
+def _dense_hitters(cols: Tensor, thr: float, labels: Tensor | None) -> Tensor:
+    """[G, n, n] float: row j of set g is 1.0 at each box i < j that overlaps j (same label)."""
+    return _dense_overlaps(cols, thr, labels).transpose(1, 2).float()
+
+
+def _dense_rounds(
+    hit_by: Tensor, kept: Tensor, undecided: Tensor, rounds: int
+) -> tuple[Tensor, Tensor]:
+    """``rounds`` rounds of the dense resolution (:func:`_dense_keep_mask`), with no host read.
+
+    ``hit_by`` [G, n, n] from :func:`_dense_hitters`; ``kept`` and ``undecided`` [G, n] floats
+    of 0.0 and 1.0. A round counts, for every box, the kept and the undecided boxes above it
+    that overlap it (one [n, n] x [n, 2] product per set; integers below 2**24, exact in
+    float32): a box with a kept hitter is suppressed, one with no kept or undecided hitter
+    is kept. Returns the new (kept, undecided).
+    """
+    for _ in range(rounds):
+        counts = torch.bmm(hit_by, torch.stack((kept, undecided), dim=2))  # [G, n, 2]
+        newly_kept = undecided * (counts == 0).all(dim=2)
+        suppressed = undecided * (counts[..., 0] > 0)
+        kept = kept + newly_kept
+        undecided = undecided - newly_kept - suppressed
+    return kept, undecided
+
+
+def _dense_keep_mask(
+    cols: Tensor, thr: float, labels: Tensor | None = None, valid: Tensor | None = None
+) -> Tensor | None:
+    """[G, n] bool: the boxes that greedy NMS keeps in each of G sets of score-sorted boxes.
+
+    ``cols`` [5, G, n] (:func:`_sorted_columns` rows); ``labels`` [G, n] or None; ``valid``
+    [G, n] bool or None: an invalid box takes no part (it is decided "not kept" from the
+    start, so it suppresses nothing), as if it had been removed beforehand.
+
+    Every pair is compared at once (:func:`_dense_overlaps`), then boxes are decided in rounds
+    (:func:`_dense_rounds`): a box is suppressed as soon as a kept box above it overlaps it,
+    and kept as soon as every box above it that overlaps it is suppressed. Each round decides
+    at least the first undecided box of each set, and decisions are final, so this is greedy
+    NMS exactly. The host reads one flag per ``_DENSE_ROUNDS`` rounds: one sync for typical
+    scenes. Returns None when boxes are still undecided after ``_DENSE_CHECKS`` checks (a long
+    chain of suppressions); the blocked path then solves it.
+    """
+    hit_by = _dense_hitters(cols, thr, labels)
+    kept = hit_by.new_zeros(hit_by.shape[:2])  # [G, n] 1.0: decided, kept
+    undecided = torch.ones_like(kept) if valid is None else valid.to(kept.dtype)  # [G, n]
+    for _ in range(_DENSE_CHECKS):
+        kept, undecided = _dense_rounds(hit_by, kept, undecided, _DENSE_ROUNDS)
+        if not undecided.any():  # sync: one flag per _DENSE_ROUNDS rounds
+            return kept.bool()
+    return None
 
 
 def _dense_keep(cols: Tensor, thr: float, labels: Tensor | None = None) -> Tensor | None:
     """Positions (ascending) that greedy NMS keeps among score-sorted boxes ``cols`` [5, N].
 
-    Every pair is compared at once (:func:`_dense_overlaps`), then boxes are decided in rounds:
-    a box is suppressed as soon as a kept box above it overlaps it, and kept as soon as every
-    box above it that overlaps it is suppressed. Each round decides at least the first
-    undecided box, and decisions are final, so this is greedy NMS exactly; a round is one
-    [N, N] x [N, 2] product that counts, for every box, the kept and the undecided boxes above
-    it that overlap it (integers below 2**24: exact in float32). The host reads one flag per
-    ``_DENSE_ROUNDS`` rounds, and the kept positions: two syncs for typical scenes. Returns
-    None when boxes are still undecided after ``_DENSE_CHECKS`` checks (a long chain of
-    suppressions); the blocked path then solves it.
+    The dense path (:func:`_dense_keep_mask`) on one set: two host syncs for typical scenes
+    (a flag, and the kept positions), or None for a long chain of suppressions.
     """
-    hit_by = _dense_overlaps(cols, thr, labels).t().float()  # [N, N] row j: boxes that can hit j
-    n = hit_by.shape[0]
-    kept = torch.zeros(n, dtype=hit_by.dtype, device=hit_by.device)  # [N] 1.0: decided, kept
-    undecided = torch.ones_like(kept)  # [N]
-    for _ in range(_DENSE_CHECKS):
-        for _ in range(_DENSE_ROUNDS):
-            counts = hit_by @ torch.stack((kept, undecided), dim=1)  # [N, 2]
-            newly_kept = undecided * (counts == 0).all(dim=1)
-            suppressed = undecided * (counts[:, 0] > 0)
-            kept = kept + newly_kept
-            undecided = undecided - newly_kept - suppressed
-        if not undecided.any():  # sync: one flag per _DENSE_ROUNDS rounds
-            return kept.nonzero().squeeze(1)
-    return None
+    keep = _dense_keep_mask(cols[:, None], thr, None if labels is None else labels[None])
+    return None if keep is None else keep[0].nonzero().squeeze(1)
 
 
 def _keep_positions(cols: Tensor, thr: float, labels: Tensor | None = None) -> Tensor:

@@ -171,19 +171,26 @@ class MultiScalePooler(nn.Module):
         rois = convert_boxes_to_roi_format(boxes)  # [K, 5]
         if len(features) == 1:
             return self.pool_level(features[0], rois, self.scales[0])
-        # The level mapper sends a NaN box to no level (its log is NaN), so the pooler's own
-        # check would never see it and its features would silently stay zero. One host sync.
-        if rois.shape[0] and not bool(torch.isfinite(rois[:, 1:]).all()):
-            bad = (~torch.isfinite(rois[:, 1:])).any(dim=1).nonzero().squeeze(1)[:5]
+        levels = self.map_levels(boxes)  # [K]
+        # A box of negative area has a NaN level (log of a negative): it maps to no level and
+        # its features stay zero, as in torchvision. A non-finite box would too, and the
+        # pooler's own check would never see it: that is an error. Each kind gets a bin after
+        # the L levels. One host read for the batch: the bin sizes.
+        num_levels = len(features)
+        finite = torch.isfinite(rois[:, 1:]).all(dim=1)  # [K]
+        mapped = (levels >= 0) & (levels < num_levels)  # [K] False for a NaN level
+        bins = torch.where(mapped, levels, num_levels).masked_fill(~finite, num_levels + 1)
+        counts = torch.bincount(bins, minlength=num_levels + 2).tolist()  # sync
+        if counts[-1]:
+            bad = (~finite).nonzero().squeeze(1)[:5]
             raise ValueError(
                 f"boxes must have finite coordinates (no NaN or inf), got rows {bad.tolist()}"
             )
-        levels = self.map_levels(boxes)  # [K]
+        by_level = torch.sort(bins, stable=True).indices.split(counts)[:num_levels]  # ascending
         first = features[0]
         result = first.new_zeros((rois.shape[0], first.shape[1], *self.output_size))
         # a loop over the (few) pyramid levels; each level pools all its RoIs in one call
-        for level, (feature, scale) in enumerate(zip(features, self.scales)):
-            in_level = torch.where(levels == level)[0]
+        for in_level, feature, scale in zip(by_level, features, self.scales, strict=True):
             pooled = self.pool_level(feature, rois[in_level], scale)
             result[in_level] = pooled.to(result.dtype)
         return result
