@@ -564,3 +564,32 @@ def test_iou_threshold_may_be_a_tensor_or_an_int_as_in_torchvision():
     boxes, scores = _clustered(100, seed=4)
     for threshold in (torch.tensor(0.5), torch.tensor(0.5, dtype=torch.float64), 1, 0):
         assert torch.equal(ops.nms(boxes, scores, threshold), tv.nms(boxes, scores, threshold))
+
+
+# --------------------------------------------------------------------------- the float32 threshold
+
+
+def _float32_below_with_tensors(value: float) -> float:
+    """The reference: round in torch, step down with torch.nextafter when it rounded up."""
+    exact = torch.tensor(value, dtype=torch.float64)
+    t = exact.to(torch.float32)
+    if t.double() > exact:
+        t = torch.nextafter(t, torch.tensor(float("-inf")))
+    return t.item()
+
+
+def test_float32_threshold_in_plain_python_matches_torch():
+    # the plain-Python version exists for torch.compile (no tensor branch to break on); it must
+    # give the same float32, sign of zero included, on edge values and on random ones
+    import math
+    import random
+
+    edges = [0.0, 0.5, 0.7, 1 / 3, 0.1, 1.0, 1e-46, 1e-45, 2.0**-149, 2.0**-150, 1e-40, 1e39]
+    edges += [3.4028234663852886e38, 3.4028235e38, float("inf")]
+    rng = random.Random(0)
+    values = edges + [rng.uniform(-2, 2) for _ in range(3000)]
+    values += [rng.random() * 10 ** rng.randint(-45, 38) for _ in range(3000)]
+    for value in values + [-v for v in values]:
+        ours, expected = boxes_module._float32_below(value), _float32_below_with_tensors(value)
+        assert ours == expected and math.copysign(1, ours) == math.copysign(1, expected), value
+    assert math.isnan(boxes_module._float32_below(float("nan")))

@@ -272,3 +272,22 @@ def test_clip_boxes_to_images_equals_clipping_each_image(dtype):
         assert torch.equal(ours[n].isnan(), expected.isnan())
     with pytest.raises(ValueError, match="one \\(height, width\\) per image"):
         clip_boxes_to_images(boxes, sizes[:2])
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_groups_the_shift_fails_to_separate_suppress_each_other_as_in_torchvision(path):
+    # torchvision shifts group 1 by max + 1 = 11: B = (-9, -9, 1, 1) becomes (2, 2, 12, 12) and
+    # overlaps A (IoU 64/136), so its one NMS suppresses B although the groups differ; with a
+    # negative threshold even IoU 0 suppresses, across every group
+    a, b, c = [0.0, 0, 10, 10], [-9.0, -9, 1, 1], [30.0, 30, 40, 40]
+    boxes = torch.tensor([[a, b, c], [a, c, b]])
+    scores = torch.tensor([[0.9, 0.8, 0.7], [0.9, 0.8, 0.7]])
+    idxs = torch.tensor([[0, 1, 1], [0, 0, 1]])
+    valid = torch.ones(2, 3, dtype=torch.bool)
+    for threshold in (0.3, 0.6, 0.0, -0.5):
+        with pytest.MonkeyPatch.context() as patch:
+            _path(patch, path)
+            ours = batched_nms_per_image(boxes, scores, idxs, valid, threshold)
+        expected = _torchvision(boxes, scores, idxs, valid, threshold)
+        _assert_same(ours, expected)
+    assert expected[0].tolist() == [0]  # at -0.5 only the best box of each image survives

@@ -393,7 +393,7 @@ def test_huge_roi_is_gathered_in_bounded_chunks(monkeypatch):
     ref = torchvision.ops.roi_align(x, rois, 7, 1.0, -1)
     torch.testing.assert_close(ours, ref, **F64_TOL)
     grad_out = torch.randn_like(ref)
-    (g_ours,) = torch.autograd.grad(ours, x, grad_out)  # through the checkpointed chunks
+    (g_ours,) = torch.autograd.grad(ours, x, grad_out)  # through the chunked backward
     (g_ref,) = torch.autograd.grad(ref, x, grad_out)
     torch.testing.assert_close(g_ours, g_ref, **F64_TOL)
 
@@ -472,3 +472,132 @@ def test_sample_grid_is_where_roi_align_samples(sampling_ratio, aligned):
                 samples = [_bilinear(feature[0], y, x) for y in ys for x in xs]
                 value = torch.stack(samples).mean(0) if samples else feature.new_zeros(2)
                 torch.testing.assert_close(value, expected[:, i, j], rtol=0, atol=1e-12)
+
+
+# --------------------------------------------------------------------------- chunks and slices
+
+
+def _tiny_budgets(patch: pytest.MonkeyPatch, samples: int | None, work: int | None) -> None:
+    """Force many chunks (``samples`` per chunk) and/or many channel slices (``work``)."""
+    if samples is not None:
+        patch.setattr(roi_align_module, "SAMPLE_BUDGET", samples)
+        patch.setattr(roi_align_module, "GRAD_SAMPLE_BUDGET", samples)
+    if work is not None:
+        patch.setattr(roi_align_module, "WORK_BUDGET", work)
+
+
+def _slicing_case(dtype, requires_grad=False):
+    """80 channels (tiny budgets slice them 32 + 32 + 16) and 25 RoIs on two 11 x 13 maps."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 80, 11, 13, generator=g, dtype=dtype, requires_grad=requires_grad)
+    rois = random_rois(25, 2, 11, 13, 0.5, seed=5, dtype=dtype)
+    grad_out = torch.randn(25, 80, 3, 4, generator=g, dtype=dtype)
+    return x, rois, grad_out
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("sampling_ratio", [2, -1])
+@pytest.mark.parametrize(("samples", "work"), [(37, 1), (None, 1), (37, None)])
+def test_chunked_and_sliced_forward_equals_one_pass_bit_for_bit(
+    dtype, sampling_ratio, samples, work
+):
+    # 37 samples per chunk: RoIs, and with the adaptive ratio single RoIs, split across chunks;
+    # WORK_BUDGET 1: slices of MIN_CHANNELS channels and blocks of one bag. Each bag is still
+    # summed in the same order and each channel in the same vector lane: bit for bit.
+    x, rois, _ = _slicing_case(dtype)
+    whole = roi_align(x, rois, (3, 4), 0.5, sampling_ratio)
+    with pytest.MonkeyPatch.context() as patch:
+        _tiny_budgets(patch, samples, work)
+        chunked = roi_align(x, rois, (3, 4), 0.5, sampling_ratio)
+    assert torch.equal(chunked, whole)
+    ref = torchvision.ops.roi_align(x, rois, (3, 4), 0.5, sampling_ratio)
+    torch.testing.assert_close(whole, ref, **(F64_TOL if dtype == torch.float64 else F32_TOL))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("sampling_ratio", [2, -1])
+def test_sliced_backward_is_bit_for_bit_and_chunked_backward_close(dtype, sampling_ratio):
+    x, rois, grad_out = _slicing_case(dtype, requires_grad=True)
+
+    def gradient():
+        return torch.autograd.grad(roi_align(x, rois, (3, 4), 0.5, sampling_ratio), x, grad_out)[0]
+
+    whole = gradient()
+    with pytest.MonkeyPatch.context() as patch:
+        _tiny_budgets(patch, None, 1)  # channel slices only: the same sums, bit for bit
+        sliced = gradient()
+    with pytest.MonkeyPatch.context() as patch:
+        _tiny_budgets(patch, 37, 1)  # chunks too: each chunk's sums are added in turn
+        chunked = gradient()
+    assert torch.equal(sliced, whole)
+    tol = F64_TOL if dtype == torch.float64 else GRAD_F32_TOL
+    torch.testing.assert_close(chunked, whole, **tol)
+    ref = torch.autograd.grad(
+        torchvision.ops.roi_align(x, rois, (3, 4), 0.5, sampling_ratio), x, grad_out
+    )[0]
+    torch.testing.assert_close(whole, ref, **tol)
+
+
+def test_temporaries_are_bounded_by_the_budgets(monkeypatch):
+    # 96 channels, 40 RoIs of 7 x 7 bins: with WORK_BUDGET = 4096 the forward makes the table
+    # in slices of MIN_CHANNELS (32) channels and pools blocks of at most 1024 results; the
+    # backward's table gradients are GRAD_MIN_CHANNELS (16) wide, in 2 chunks of 4096 samples.
+    # The results still equal torchvision's.
+    g = torch.Generator().manual_seed(9)
+    x = torch.randn(1, 96, 16, 20, generator=g, dtype=torch.float64, requires_grad=True)
+    rois = random_rois(40, 1, 16, 20, 0.25, seed=9, dtype=torch.float64)
+    calls, embedding_bag = [], roi_align_module.F.embedding_bag
+
+    def recording_embedding_bag(rows, table, *args, **kwargs):
+        result = embedding_bag(rows, table, *args, **kwargs)
+        calls.append((tuple(table.shape), tuple(result.shape)))
+        return result
+
+    monkeypatch.setattr(roi_align_module.F, "embedding_bag", recording_embedding_bag)
+    monkeypatch.setattr(roi_align_module, "WORK_BUDGET", 4096)
+    ours = roi_align(x, rois, 7, 0.25, 2)
+    forward = list(calls)
+    grad_out = torch.randn(ours.shape, generator=g, dtype=torch.float64)
+    (g_ours,) = torch.autograd.grad(ours, x, grad_out)
+    backward = calls[len(forward) :]
+    monkeypatch.undo()
+    assert {table for table, _ in forward} == {(320, 32)}  # [N*H*W, dc]
+    assert max(out[0] * out[1] for _, out in forward) <= 1024 and len(forward) > 3
+    assert {out for _, out in backward} == {(320, 16)} and len(backward) == 2 * 6
+    ref = torchvision.ops.roi_align(x, rois, 7, 0.25, 2)
+    torch.testing.assert_close(ours, ref, **F64_TOL)
+    torch.testing.assert_close(g_ours, torch.autograd.grad(ref, x, grad_out)[0], **F64_TOL)
+
+
+def test_backward_saves_only_the_rois():
+    # the bags are rebuilt in the backward: nothing of size K * ph * pw * samples is kept
+    # between the forward and the backward (embedding_bag's own backward would keep them all)
+    saved = []
+
+    def pack(tensor):
+        saved.append(tuple(tensor.shape))
+        return tensor
+
+    x = torch.randn(2, 4, 9, 9, requires_grad=True)
+    rois = random_rois(20, 2, 9, 9, 1.0, seed=2, dtype=torch.float32)
+    for sampling_ratio in (2, -1):
+        saved.clear()
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            out = roi_align(x, rois, 3, 1.0, sampling_ratio)
+        assert saved == [(20, 5)]
+        out.sum().backward()
+
+
+@pytest.mark.parametrize("minimum", [16, 32])
+@pytest.mark.parametrize("channels", [1, 31, 32, 80, 256, 300])
+@pytest.mark.parametrize("per_channel", [1, 1000, 10**6, 10**8])
+def test_channel_slices_cover_every_channel_in_multiples_of_the_minimum(
+    channels, per_channel, minimum
+):
+    slices = roi_align_module._channel_slices(channels, per_channel, minimum)
+    assert slices[0][0] == 0 and slices[-1][1] == channels
+    assert all(a[1] == b[0] for a, b in zip(slices, slices[1:]))
+    widths = [c1 - c0 for c0, c1 in slices]
+    assert all(w % minimum == 0 for w in widths[:-1])
+    fits = max(widths) * per_channel <= roi_align_module.WORK_BUDGET
+    assert fits or max(widths) == min(channels, minimum)

@@ -13,6 +13,7 @@ import contextlib
 import functools
 import math
 import numbers
+import struct
 
 import torch
 from torch import Tensor
@@ -42,6 +43,9 @@ _GATHER_BELOW = 4096
 _WORD_BITS = 64
 _WORD_MASK = (1 << _WORD_BITS) - 1
 _BIT_VALUES = [1 << k for k in range(_WORD_BITS - 1)] + [-(1 << (_WORD_BITS - 1))]
+# float32's largest finite number, and its smallest positive (subnormal) one.
+_FLOAT32_MAX = 3.4028234663852886e38
+_FLOAT32_TINY = 1.401298464324817e-45
 # Devices whose NMS runs the blocked, data-dependent path (:func:`_greedy_keep`): there, reading a
 # value back costs no more than Python reading memory. Every other device (an accelerator) runs
 # the dense path (:func:`_dense_keep`), which reads back one flag per _DENSE_ROUNDS rounds.
@@ -237,8 +241,31 @@ def _threshold_value(iou_threshold: float) -> float:
     return float(iou_threshold)
 
 
-@functools.lru_cache(maxsize=64)  # a handful of thresholds recur in every call of a model
+def _float32_below(value: float) -> float:
+    """Largest float32 t with t <= value, in plain Python (no tensor: nothing for
+    torch.compile to break on). ``struct`` rounds a double to the nearest float32, as a cast
+    in C does; when that rounded up, step one float32 down through its bit pattern."""
+    try:
+        t = struct.unpack("<f", struct.pack("<f", value))[0]
+    except OverflowError:  # beyond float32's range: its largest number, or -inf below it
+        return _FLOAT32_MAX if value > 0 else float("-inf")
+    if not t > value:  # exact, rounded down, or NaN
+        return t
+    if t == 0:  # value is a tiny negative number: the float32 just below zero
+        return -_FLOAT32_TINY
+    bits = struct.unpack("<I", struct.pack("<f", t))[0]
+    bits += -1 if t > 0 else 1  # towards -inf: a smaller magnitude if positive, larger if not
+    return struct.unpack("<f", struct.pack("<I", bits))[0]
+
+
+@torch.compiler.assume_constant_result  # torch.compile runs it as it is: a constant
 def _threshold_below(iou_threshold: float, dtype: torch.dtype) -> float:
+    """:func:`_threshold_value_below`, which torch.compile does not trace (it would break)."""
+    return _threshold_value_below(iou_threshold, dtype)
+
+
+@functools.lru_cache(maxsize=64)  # a handful of thresholds recur in every call of a model
+def _threshold_value_below(iou_threshold: float, dtype: torch.dtype) -> float:
     """Largest number t representable in ``dtype`` with t <= iou_threshold.
 
     torchvision's C++ kernel compares a float32 IoU with a *double* threshold. For a float32
@@ -247,6 +274,10 @@ def _threshold_below(iou_threshold: float, dtype: torch.dtype) -> float:
     float32, one ulp too high whenever rounding goes up, and keep a box torchvision suppresses.
     t is exact in ``dtype``, so comparing a tensor with it as a Python float loses nothing.
     """
+    if dtype == torch.float64:
+        return float(iou_threshold)
+    if dtype == torch.float32:
+        return _float32_below(float(iou_threshold))
     exact = torch.tensor(float(iou_threshold), dtype=torch.float64)  # on the host: no device sync
     t = exact.to(dtype)
     if t.double() > exact:  # rounded up: step one representable value down

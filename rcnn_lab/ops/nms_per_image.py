@@ -85,6 +85,27 @@ def _shift_like_torchvision(boxes: Tensor, idxs: Tensor, valid: Tensor) -> tuple
     return _boxes._upcast(coordinates), shifted_images
 
 
+def _groups_apart(boxes: Tensor, idxs: Tensor, valid: Tensor, by_group: Tensor) -> Tensor:
+    """[N] bool: in each image, no valid box reaches past the left edge of a box of a later group.
+
+    torchvision's shift puts group g at g * (max coordinate + 1), beyond every box of the
+    groups before it, but only when no coordinate is below -1 (and its rounding allows): a box
+    starting at -5 reaches back into the previous group, and there torchvision's single NMS
+    does let groups suppress each other. When every box of a later group starts at or after
+    the right edge of every box of the earlier ones, their overlap has width <= 0 and IoU 0,
+    and NMS group by group is the same NMS. ``boxes`` [N, K, 4] (shifted); ``by_group`` [N, K]
+    each image's order by group.
+    """
+    inf = float("inf")
+    left = boxes[..., 0].masked_fill(~valid, inf).gather(1, by_group)  # [N, K] x1 by group
+    right = boxes[..., 2].masked_fill(~valid, -inf).gather(1, by_group)  # [N, K] x2 by group
+    groups = idxs.gather(1, by_group)  # [N, K] ascending in each row
+    reach = right.cummax(dim=1).values  # [N, K] largest x2 up to each position
+    starts = torch.searchsorted(groups, groups)  # [N, K] where each box's group starts
+    before = reach.gather(1, (starts - 1).clamp(min=0))  # largest x2 of the earlier groups
+    return ((starts == 0) | (left >= before)).all(dim=1)  # a NaN edge: not apart
+
+
 def _set_ids(image: Tensor, label: Tensor) -> Tensor:
     """[V] ascending ids of the runs of equal (image, label) in a list sorted by both."""
     new_set = (image[1:] != image[:-1]) | (label[1:] != label[:-1])  # [V - 1]
@@ -134,21 +155,31 @@ def _banded_keep(cols: Tensor, sets: Tensor, thr: float, width: int, valid: Tens
     hit = _band_hitters(cols, sets, thr, width)  # [V, width]
     starts = torch.searchsorted(sets, sets)  # [V] first position of each box's set
     too_wide = (torch.arange(v, device=sets.device) - starts).amax() > width
-    kept = torch.zeros_like(undecided)
-    for _ in range(_boxes._DENSE_CHECKS):
-        for _ in range(_boxes._DENSE_ROUNDS):
-            state = _windows(torch.stack((kept, undecided)), width, 0.0)  # [2, V, width]
-            counts = torch.einsum("vt,cvt->vc", hit, state)  # [V, 2] kept, undecided hitters
-            newly_kept = undecided * (counts == 0).all(dim=1)
-            suppressed = undecided * (counts[:, 0] > 0)
-            kept = kept + newly_kept
-            undecided = undecided - newly_kept - suppressed
-        wide, pending = torch.stack((too_wide, undecided.any())).tolist()  # sync: two flags
-        if wide:
-            return None
+    kept, undecided = _band_rounds(hit, torch.zeros_like(undecided), undecided, width)
+    # sync: two flags, read together; outside any loop, so that torch.compile breaks its
+    # graph here once
+    wide, pending = torch.stack((too_wide, undecided.any())).to(torch.int64).tolist()
+    if wide:
+        return None
+    for _ in range(_boxes._DENSE_CHECKS - 1):  # a chain of suppressions: more rounds
         if not pending:
-            return kept.bool()
-    return None
+            break
+        kept, undecided = _band_rounds(hit, kept, undecided, width)
+        pending = bool(undecided.any())  # sync
+    return None if pending else kept.bool()
+
+
+def _band_rounds(hit: Tensor, kept: Tensor, undecided: Tensor, width: int) -> tuple[Tensor, Tensor]:
+    """``_DENSE_ROUNDS`` rounds of the banded resolution, with no host read: new (kept,
+    undecided), [V] floats of 0.0 and 1.0, from the band ``hit`` [V, width]."""
+    for _ in range(_boxes._DENSE_ROUNDS):
+        state = _windows(torch.stack((kept, undecided)), width, 0.0)  # [2, V, width]
+        counts = torch.einsum("vt,cvt->vc", hit, state)  # [V, 2] kept, undecided hitters
+        newly_kept = undecided * (counts == 0).all(dim=1)
+        suppressed = undecided * (counts[:, 0] > 0)
+        kept = kept + newly_kept
+        undecided = undecided - newly_kept - suppressed
+    return kept, undecided
 
 
 def _blocked_keep(cols: Tensor, sets: Tensor, thr: float) -> Tensor:
@@ -231,18 +262,24 @@ def batched_nms_per_image(
         return [torch.empty((0,), dtype=torch.int64, device=boxes.device) for _ in range(n)]
     coordinates, shifted_images = _shift_like_torchvision(boxes, idxs, valid)
     thr = _boxes._threshold_below(thr, coordinates.dtype)
-    # each image's boxes by group, then by decreasing score, ties in index order (the order of
-    # torchvision's stable sort); invalid boxes last in their group: they take no part
+    # each image's boxes by decreasing score, ties in index order (the order of torchvision's
+    # stable sort), then by group; invalid boxes last in their group: they take no part
     ranked = _boxes._upcast(scores).masked_fill(~valid, float("-inf"))
-    order = torch.sort(ranked, dim=1, descending=True, stable=True).indices  # [N, K]
-    order = order.gather(1, torch.sort(idxs.gather(1, order), dim=1, stable=True).indices)
+    by_score = torch.sort(ranked, dim=1, descending=True, stable=True).indices  # [N, K]
+    by_group = by_score.gather(1, torch.sort(idxs.gather(1, by_score), dim=1, stable=True).indices)
+    # a shifted image's groups are solved apart only where the shift did keep them apart
+    grouped = ~shifted_images | (_groups_apart(coordinates, idxs, valid, by_group) & (thr >= 0))
+    order = torch.where(grouped[:, None], by_group, by_score)  # [N, K]
+    labels = idxs.gather(1, order).masked_fill(~grouped[:, None], 0).reshape(-1)  # [N*K]
     sorted_boxes = coordinates.gather(1, order[..., None].expand(-1, -1, 4)).reshape(-1, 4)
     x1, y1, x2, y2 = sorted_boxes.unbind(-1)
     cols = torch.stack((x1, y1, x2, y2, (x2 - x1) * (y2 - y1)))  # [5, N*K]
-    labels, sorted_valid = idxs.gather(1, order).reshape(-1), valid.gather(1, order).reshape(-1)
+    sorted_valid = valid.gather(1, order).reshape(-1)
     image = torch.arange(n, device=boxes.device).repeat_interleave(k)  # [N*K]
     width = max(1, min(k, max_group_size or k) - 1)  # boxes before another of its group
-    dense = boxes.device.type not in _boxes._BLOCKED_DEVICES
+    # the band on accelerators, and under torch.compile (the blocked path's reads per block
+    # would each break the graph)
+    dense = boxes.device.type not in _boxes._BLOCKED_DEVICES or torch.compiler.is_compiling()
     with _boxes.autocast_off(boxes.device.type):
         keep = None
         if dense and k * width <= _BAND_PAIRS_PER_IMAGE:  # every candidate, invalid ones masked

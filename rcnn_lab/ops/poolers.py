@@ -17,7 +17,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from rcnn_lab.ops.roi_align import _pair, convert_boxes_to_roi_format, roi_align
+from rcnn_lab.ops.roi_align import _pair, _roi_align, convert_boxes_to_roi_format, roi_align
 from rcnn_lab.ops.roi_pool import roi_pool
 
 #: FPN eq. 1's constants, where a box of CANONICAL_SCALE pixels maps to level CANONICAL_LEVEL.
@@ -87,6 +87,11 @@ def setup_scales(
     return scales, LevelMapper(k_min, k_max, canonical_scale, canonical_level)
 
 
+def first_batch(features: list[Tensor]) -> int:
+    """The batch size N of the first feature map [N, D, H, W]."""
+    return int(features[0].shape[0])
+
+
 #: The per-level pooling function's signature, (feature [N, D, H, W], rois [K, 5],
 #: output_size (ph, pw), spatial_scale) -> [K, D, ph, pw].
 PoolFunction = Callable[[Tensor, Tensor, tuple[int, int], float], Tensor]
@@ -139,6 +144,11 @@ class MultiScalePooler(nn.Module):
             )
         return self.pool(feature, rois, self.output_size, spatial_scale)
 
+    def _pool_checked_level(self, feature: Tensor, rois: Tensor, spatial_scale: float) -> Tensor:
+        """:meth:`pool_level` for RoIs whose values :meth:`forward` has checked already (finite,
+        existing images): a pooler that can skip its own check of them overrides this."""
+        return self.pool_level(feature, rois, spatial_scale)
+
     def _filter(self, x: dict[str, Tensor]) -> list[Tensor]:
         """The maps named in featmap_names, in the dict's own order (as torchvision takes them)."""
         if not isinstance(x, dict):
@@ -171,6 +181,13 @@ class MultiScalePooler(nn.Module):
         rois = convert_boxes_to_roi_format(boxes)  # [K, 5]
         if len(features) == 1:
             return self.pool_level(features[0], rois, self.scales[0])
+        # boxes of image n read row n of the maps: none may belong to an image they lack
+        extra = [len(b) for b in boxes[first_batch(features) :]]  # host-side lengths
+        if any(extra):
+            raise ValueError(
+                f"boxes lists {len(boxes)} images but the features hold a batch of "
+                f"{first_batch(features)}: the boxes of images beyond it have no features"
+            )
         levels = self.map_levels(boxes)  # [K]
         # A box of negative area has a NaN level (log of a negative): it maps to no level and
         # its features stay zero, as in torchvision. A non-finite box would too, and the
@@ -191,7 +208,7 @@ class MultiScalePooler(nn.Module):
         result = first.new_zeros((rois.shape[0], first.shape[1], *self.output_size))
         # a loop over the (few) pyramid levels; each level pools all its RoIs in one call
         for in_level, feature, scale in zip(by_level, features, self.scales, strict=True):
-            pooled = self.pool_level(feature, rois[in_level], scale)
+            pooled = self._pool_checked_level(feature, rois[in_level], scale)
             result[in_level] = pooled.to(result.dtype)
         return result
 
@@ -234,6 +251,11 @@ class MultiScaleRoIAlign(MultiScalePooler):
     def pool_level(self, feature: Tensor, rois: Tensor, spatial_scale: float) -> Tensor:
         """:func:`roi_align` of one level (aligned=False, as torchvision's poolers use it)."""
         return roi_align(feature, rois, self.output_size, spatial_scale, self.sampling_ratio)
+
+    def _pool_checked_level(self, feature: Tensor, rois: Tensor, spatial_scale: float) -> Tensor:
+        """:meth:`pool_level` without roi_align's own host read of the RoIs' values."""
+        out, ratio = self.output_size, self.sampling_ratio
+        return _roi_align(feature, rois, out, spatial_scale, ratio, check_values=False)
 
     def __repr__(self) -> str:
         return (

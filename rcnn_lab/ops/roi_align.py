@@ -4,10 +4,18 @@ Every RoI is cut into ``ph x pw`` bins; each bin averages ``gh x gw`` bilinearly
 samples of the feature map. The four corners of every sample, with their bilinear weights, are
 gathered from a channels-last table of features by ``F.embedding_bag(mode="sum")``: one bag per
 (RoI, bin), ``4 * gh * gw`` rows per bag, each row weighted by ``bilinear weight / (gh * gw)``.
-embedding_bag's backward scatters the output gradient into the table, which is the feature
-gradient; RoIs get no gradient (as in torchvision). Bags are gathered in chunks of at most
-``SAMPLE_BUDGET`` samples, so that a huge RoI with the adaptive sampling ratio cannot take
-gigabytes; float16 and bfloat16 features are pooled in float32.
+The backward is the transposed gather, again by ``embedding_bag``: the (table row, bag, weight)
+triples sorted by row form one bag per table row, which sums the weighted gradients of the bins
+that read that row. Only the RoIs are saved for the backward, which rebuilds the bags; RoIs get
+no gradient (as in torchvision).
+
+Memory stays bounded by chunking: bags are built for about ``SAMPLE_BUDGET`` samples at a time
+(``GRAD_SAMPLE_BUDGET`` in the backward, whose sort needs more per sample), so that a huge RoI
+with the adaptive sampling ratio cannot take gigabytes; the table is made one slice of channels
+at a time (``WORK_BUDGET``, at least ``MIN_CHANNELS`` channels) and the results are written
+straight into the [K, D, ph, pw] output, so neither a full channels-last copy of the features
+nor a [K*ph*pw, D] intermediate is ever held. The slicing does not change the result, bit for
+bit. float16 and bfloat16 features are pooled in float32.
 
 Shapes: N images, D channels, H x W feature map, K RoIs, ph x pw output bins (pooled height and
 width), gh x gw sampling grid per bin, 4 bilinear corners per sample.
@@ -23,7 +31,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
+from torch.autograd.function import once_differentiable
 
 from rcnn_lab.ops.boxes import autocast_float32, autocast_off
 
@@ -34,10 +42,28 @@ HALF_PIXEL = 0.5
 LEGACY_MIN_ROI_SIZE = 1.0
 #: A sample farther than one pixel outside the map contributes nothing (torchvision's rule).
 OUTSIDE_MARGIN = 1.0
-#: Samples gathered by one ``embedding_bag`` call, at most (plus one bin's). The forward holds
-#: about 100 bytes of bookkeeping per sample, so about 100 MiB per chunk. A FPN level's 1000
-#: RoIs of up to 28 x 28 feature pixels make ~0.8 Mi samples: one chunk.
-SAMPLE_BUDGET = 1 << 20
+#: Samples whose bags (rows and weights of 4 corners) are built at once, at most (plus one
+#: bin's); 32 bytes per sample in float32, so 8 MiB per chunk. A FPN level's 1000 RoIs with
+#: 7 x 7 bins and 2 x 2 samples make 196 Ki samples: one chunk.
+SAMPLE_BUDGET = 1 << 18
+#: The same for the backward, whose sort of the (table row, bag) pairs holds about 24 bytes
+#: per pair (96 per sample) while it runs: 6 MiB per chunk at most. Every further chunk costs
+#: one more pass over the features' gradient, so a chunk is also kept to one sample per
+#: GRAD_ELEMENTS_PER_SAMPLE elements of the gradient (a fifth of its float32 size, about as
+#: long to sort as that pass takes), but never below 4096 samples.
+GRAD_SAMPLE_BUDGET = 1 << 16
+GRAD_ELEMENTS_PER_SAMPLE = 128
+#: Elements of the per-channel-slice temporaries, [N*H*W + bins, dc] together, i.e. the
+#: channels-last slice of the table plus a block of results (forward, blocks of WORK_BUDGET / 4
+#: results), or the table's gradient plus the chunk's bin gradients (backward). 4 MiB in
+#: float32, more when MIN_CHANNELS channels of the table alone take more.
+WORK_BUDGET = 1 << 20
+#: Channel slices are multiples of this many channels, since narrower table rows gather no
+#: faster per row, and a fixed multiple keeps each channel in the same vector lanes (bit-exact).
+MIN_CHANNELS = 32
+#: The same for the backward, where narrower slices cost less (its gather reads every table
+#: row's bag, empty or not) and the table's gradient per slice is often its largest buffer.
+GRAD_MIN_CHANNELS = 16
 #: Input dtypes computed in float32, since a bin sums 4 * gh * gw products, which 16-bit floats
 #: round at every step (and float16 has no room for the sample positions of a large map).
 LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -320,36 +346,37 @@ def bag_samples(samples: AdaptiveSamples, bags: Tensor) -> tuple[Tensor, Tensor,
     return rows.reshape(-1), weights.reshape(-1), (4 * bag_first).to(rows.dtype)
 
 
-def _bag_chunks(bag_size: Tensor) -> list[tuple[int, int]]:
-    """Consecutive ranges of bags with about ``SAMPLE_BUDGET`` samples each (at least one bag).
+def _bag_chunks(bag_size: Tensor, budget: int) -> list[tuple[int, int]]:
+    """Consecutive ranges of bags with about ``budget`` samples each (at least one bag).
 
     A range holds the bags that end within one multiple of the budget, so it has at most
-    SAMPLE_BUDGET samples plus those of its first bag. Always returns at least one range.
+    ``budget`` samples plus those of its first bag. Always returns at least one range.
     """
     ends = torch.cumsum(bag_size, 0)  # [B] samples up to the end of each bag
     total = int(ends[-1]) if len(ends) else 0  # sync: the sizes decide the chunks
-    if total <= SAMPLE_BUDGET:
+    if total <= budget:
         return [(0, len(bag_size))]
-    marks = torch.arange(1, -(-total // SAMPLE_BUDGET), device=ends.device) * SAMPLE_BUDGET
+    marks = torch.arange(1, -(-total // budget), device=ends.device) * budget
     cuts = torch.searchsorted(ends, marks, right=True).tolist()  # sync: bags before each mark
     bounds = sorted({0, *cuts, len(bag_size)})
     return list(zip(bounds[:-1], bounds[1:]))
 
 
-def _check_rois(input: Tensor, rois: Tensor) -> None:
+def _check_rois(input: Tensor, rois: Tensor, values: bool = True) -> None:
     """Raise ValueError unless ``rois`` [K, 5] match ``input`` and hold usable numbers.
 
-    One host synchronisation per call (skipped for K = 0): whether to raise depends on the
-    values. It checks that batch indices are integers of existing images (a bad one would
-    read another image's rows) and that coordinates are finite (a NaN or inf turns into a
-    garbage table row or into a sample count of zero or 2**63). Under ``torch.jit.trace`` or
+    One host synchronisation per call (skipped for K = 0, or with ``values=False`` when the
+    caller has checked the values itself): whether to raise depends on the values. It checks
+    that batch indices are integers of existing images (a bad one would read another image's
+    rows) and that coordinates are finite (a NaN or inf turns into a garbage table row or into
+    a sample count of zero or 2**63). Under ``torch.jit.trace`` or
     ``torch.compile`` this branch on data is baked in or breaks the graph.
     """
     if rois.dtype != input.dtype:
         raise ValueError(f"boxes must have the input's dtype {input.dtype}, got {rois.dtype}")
     if rois.device != input.device:
         raise ValueError(f"boxes must be on the input's device {input.device}, got {rois.device}")
-    if rois.shape[0] == 0:
+    if rois.shape[0] == 0 or not values:  # values=False: the caller checked them already
         return
     ids = rois[:, 0]
     bad = (ids < 0) | (ids >= input.shape[0]) | (ids != ids.floor())  # NaN != NaN: bad too
@@ -368,15 +395,17 @@ def _check_rois(input: Tensor, rois: Tensor) -> None:
         )
 
 
-def _pool_chunk(table: Tensor, bags: Callable[[], tuple]) -> Tensor:
-    """[B, D] the weighted sums of the bags that ``bags()`` builds: (rows, weights, offsets)."""
-    with torch.no_grad():  # RoIs get no gradient, as in torchvision
-        rows, weights, offsets = bags()
-    return F.embedding_bag(rows, table, offsets, mode="sum", per_sample_weights=weights)
+class _Chunk(NamedTuple):
+    """Consecutive bags (bins) whose rows and weights are built at once (see :func:`_chunks`)."""
+
+    first: int  #: global index of the first bag: RoI * ph * pw + bin
+    count: int  #: number of bags
+    #: builds (rows, weights, offsets), i.e. rows and weights [count, bag] with offsets None
+    #: (fixed grid), or flat [T * 4] with offsets [count] (adaptive grid, see bag_samples)
+    bags: Callable[[], tuple[Tensor, Tensor, Tensor | None]]
 
 
-def _pooled_bins(
-    table: Tensor,
+def _chunks(
     rois: Tensor,
     shape: tuple[int, int],
     out: tuple[int, int],
@@ -384,39 +413,263 @@ def _pooled_bins(
     sampling_ratio: int,
     aligned: bool,
     index_dtype: torch.dtype,
-) -> Tensor:
-    """[K*ph*pw, D] every (RoI, bin)'s average of bilinear samples from ``table`` [N*H*W, D].
-
-    The samples are gathered in chunks of about ``SAMPLE_BUDGET`` samples, each by one
-    ``embedding_bag`` call. With several chunks and a table that needs a gradient, each chunk
-    is checkpointed: ``embedding_bag`` would keep ~64 bytes per sample for its backward (rows,
-    weights, each row's bag), so a huge RoI's gradient would need many GB; instead the backward
-    rebuilds one chunk's bags at a time.
-    """
+    budget: int,
+) -> list[_Chunk]:
+    """The bags of all RoIs, split into chunks of about ``budget`` samples each."""
     (ph, pw), k = out, rois.shape[0]
+    bins = ph * pw
+    if k == 0 or bins == 0:
+        return []
     if sampling_ratio > 0:
         grid = sampling_ratio
-        step = max(1, SAMPLE_BUDGET // max(1, ph * pw * grid * grid))  # RoIs per chunk
-        bags = [
-            lambda r=rois[i : i + step]: (
-                *fixed_grid_bags(r, shape, out, grid, spatial_scale, aligned, index_dtype),
-                None,
+        step = max(1, budget // (bins * grid * grid))  # RoIs per chunk
+        return [
+            _Chunk(
+                i * bins,
+                min(step, k - i) * bins,
+                lambda r=rois[i : i + step]: (
+                    *fixed_grid_bags(r, shape, out, grid, spatial_scale, aligned, index_dtype),
+                    None,
+                ),
             )
-            for i in range(0, max(k, 1), step)  # one (maybe empty) chunk at least
+            for i in range(0, k, step)
         ]
+    samples = adaptive_grid_bags(rois, shape, out, spatial_scale, aligned, index_dtype)
+    return [
+        _Chunk(i, j - i, lambda b=samples.bags[i:j]: bag_samples(samples, b))
+        for i, j in _bag_chunks(samples.bags[:, 3], budget)
+    ]
+
+
+def _channel_slices(channels: int, per_channel: int, minimum: int) -> list[tuple[int, int]]:
+    """Channel ranges whose temporaries (``per_channel`` elements per channel) fit WORK_BUDGET.
+
+    Widths are multiples of ``minimum`` (a multiple of 16; but for the last range), never
+    narrower: every channel is then summed by the same vector lanes of ``embedding_bag`` as
+    without slicing, so the result does not depend on the slicing, bit for bit.
+    """
+    width = WORK_BUDGET // max(per_channel, 1)
+    width = max(minimum, width - width % minimum)
+    return [(c, min(c + width, channels)) for c in range(0, channels, width)]
+
+
+class _Tables:
+    """Channel slices of the features as channels-last tables [N*H*W, dc], made on demand.
+
+    Rows must be contiguous: for N = 1 a reshape alone is a strided view (channel stride H*W),
+    and gathering such rows is several times slower. Every slice is copied into one buffer,
+    allocated once and refilled (a fresh allocation per slice can land in fresh pages); a
+    channels_last input of the compute dtype needs no copy when one slice holds every channel.
+    """
+
+    def __init__(self, input: Tensor, dtype: torch.dtype) -> None:
+        self.input, self.dtype = input, dtype
+        self.buffer = input.new_empty(0, dtype=dtype)
+        self.channels, self.table = None, None
+
+    def __call__(self, channels: tuple[int, int]) -> Tensor:
+        """[N*H*W, c1 - c0] channels c0..c1, valid until the next call."""
+        if channels != self.channels:
+            c0, c1 = channels
+            nhwc = self.input[:, c0:c1].permute(0, 2, 3, 1)  # [N, H, W, c1 - c0]
+            if not (nhwc.is_contiguous() and nhwc.dtype == self.dtype):
+                if self.buffer.numel() < nhwc.numel():
+                    self.table = None
+                    self.buffer = torch.empty(nhwc.numel(), dtype=self.dtype, device=nhwc.device)
+                nhwc = self.buffer[: nhwc.numel()].view(nhwc.shape).copy_(nhwc)
+            self.channels, self.table = channels, nhwc.reshape(-1, c1 - c0)
+        return self.table
+
+
+def _bin_runs(first: int, count: int, bins: int):
+    """Split bags first..first+count (RoI * bins + bin) into runs of whole or partial RoIs.
+
+    Yields (at, (k0, k1), (b0, b1)): the run starts at bag ``first + at`` and covers bins
+    b0..b1 of RoIs k0..k1 (several RoIs only with all their bins).
+    """
+    at, end = 0, count
+    while at < end:
+        k, b = divmod(first + at, bins)
+        if b == 0 and end - at >= bins:  # whole RoIs
+            n = (end - at) // bins
+            yield at, (k, k + n), (0, bins)
+            at += n * bins
+        else:  # the tail of one RoI, or its head at the end of the chunk
+            n = min(bins - b, end - at)
+            yield at, (k, k + 1), (b, b + n)
+            at += n
+
+
+def _write_bins(out: Tensor, pooled: Tensor, first: int, c0: int) -> None:
+    """Copy ``pooled`` [count, dc] into ``out`` [K, D, ph*pw], from bag ``first`` and channel c0."""
+    dc = pooled.shape[1]
+    for at, (k0, k1), (b0, b1) in _bin_runs(first, pooled.shape[0], out.shape[2]):
+        run = pooled[at : at + (k1 - k0) * (b1 - b0)].view(k1 - k0, b1 - b0, dc)
+        out[k0:k1, c0 : c0 + dc, b0:b1].copy_(run.transpose(1, 2))
+
+
+def _read_bins(grad: Tensor, chunk: _Chunk, channels: tuple[int, int], buffer: Tensor) -> Tensor:
+    """[count, dc] the gradient of a chunk's bags, channels c0..c1, from ``grad`` [K, D, ph*pw].
+
+    Written into the start of ``buffer`` (flat, at least count * dc elements of the compute
+    dtype; a float16 ``grad`` is converted on the way).
+    """
+    c0, c1 = channels
+    rows = buffer[: chunk.count * (c1 - c0)].view(chunk.count, c1 - c0)
+    for at, (k0, k1), (b0, b1) in _bin_runs(chunk.first, chunk.count, grad.shape[2]):
+        run = rows[at : at + (k1 - k0) * (b1 - b0)].view(k1 - k0, b1 - b0, c1 - c0)
+        run.copy_(grad[k0:k1, c0:c1, b0:b1].transpose(1, 2))
+    return rows
+
+
+def _pool(input: Tensor, chunks: list[_Chunk], out: Tensor, dtype: torch.dtype) -> None:
+    """Fill ``out`` [K, D, ph*pw] with every bag's weighted sum of table rows (the forward).
+
+    For each chunk of bags, the table is made channel slice by channel slice, and each slice's
+    bags are pooled in blocks (fixed grid: of about WORK_BUDGET / 4 results), so neither a
+    full channels-last copy of ``input`` nor a [K*ph*pw, D] result is ever held. With several
+    chunks and several slices the slices are copied again for every chunk.
+    """
+    n, channels, height, width = input.shape
+    bins = out.shape[2]
+    tables = _Tables(input, dtype)
+    block_budget = WORK_BUDGET // 4  # elements of one block of results
+    # Large temporaries are kept until their successor of the same size is made: allocated
+    # in between, the next chunk's bags would split the freed block, and the heap would grow.
+    pooled = None
+    for chunk in chunks:
+        rows = weights = None
+        rows, weights, offsets = chunk.bags()
+        fixed = offsets is None  # 2-D rows and weights: any range of bags is a view
+        per_channel = min(chunk.count, block_budget // MIN_CHANNELS) if fixed else chunk.count
+        slices = _channel_slices(channels, n * height * width + per_channel, MIN_CHANNELS)
+        block = max(1, block_budget // (slices[0][1] - slices[0][0])) if fixed else chunk.count
+        if fixed and block > bins:
+            block -= block % bins  # whole RoIs: one strided copy per block into ``out``
+        for sl in slices:
+            table = tables(sl)
+            for b0 in range(0, chunk.count, block):
+                b1 = min(b0 + block, chunk.count)
+                pooled = None  # freed just before its successor, which can take its place
+                pooled = F.embedding_bag(
+                    rows[b0:b1] if fixed else rows,
+                    table,
+                    offsets,
+                    mode="sum",
+                    per_sample_weights=weights[b0:b1] if fixed else weights,
+                )  # [b1 - b0, dc]
+                _write_bins(out, pooled, chunk.first + b0, sl[0])
+
+
+def _transposed_bags(chunk: _Chunk, table_rows: int) -> tuple[Tensor, Tensor, Tensor] | None:
+    """The transpose of a chunk's gather: for every table row, the bags (and weights) reading it.
+
+    Returns (bags, weights, starts), or None when the chunk has no samples: ``bags`` and
+    ``weights`` [E] list the chunk's E (bag, weight) pairs sorted by table row (stably: in bag
+    order within a row), ``starts`` [N*H*W] where each table row's pairs start. Then
+    ``embedding_bag(bags, gradient of the bags, starts, per_sample_weights=weights)`` is the
+    gradient of the table, one bag per table row. Temporaries are freed as soon as possible:
+    the sort holds about 24 bytes per pair.
+    """
+    rows, weights, offsets = chunk.bags()
+    total = rows.numel()
+    if total == 0:
+        return None
+    sorted_rows, order = torch.sort(rows.reshape(-1), stable=True)  # [E] each
+    per_bag = rows.shape[1] if offsets is None else 0  # fixed grid: bags of equal length
+    del rows
+    weights = weights.reshape(-1)[order]
+    starts = torch.searchsorted(
+        sorted_rows, torch.arange(table_rows, device=order.device, dtype=sorted_rows.dtype)
+    )  # [N*H*W]
+    del sorted_rows
+    if offsets is None:
+        bags = order.div_(per_bag, rounding_mode="floor")
     else:
-        with torch.no_grad():
-            samples = adaptive_grid_bags(rois, shape, out, spatial_scale, aligned, index_dtype)
-            ranges = _bag_chunks(samples.bags[:, 3])
-        bags = [lambda b=samples.bags[i:j]: bag_samples(samples, b) for i, j in ranges]
-    if len(bags) > 1 and table.requires_grad and torch.is_grad_enabled():
-        pieces = [
-            checkpoint(_pool_chunk, table, chunk, use_reentrant=False, preserve_rng_state=False)
-            for chunk in bags
-        ]
-    else:
-        pieces = [_pool_chunk(table, chunk) for chunk in bags]
-    return torch.cat(pieces) if len(pieces) > 1 else pieces[0]  # [K*ph*pw, D]
+        sizes = torch.diff(offsets, append=offsets.new_tensor([total]))  # [count]
+        bags = _owners(sizes, total)[order]
+    del order
+    dtype = torch.int32 if max(total, chunk.count) < torch.iinfo(torch.int32).max else torch.int64
+    return bags.to(dtype), weights, starts.to(dtype)
+
+
+def _scatter(
+    grad: Tensor,
+    chunks: list[_Chunk],
+    input_shape: tuple[int, int, int, int],
+    dtype: torch.dtype,
+    grad_dtype: torch.dtype,
+) -> Tensor:
+    """[N, D, H, W] the gradient of the features: every bag's gradient spread over its rows.
+
+    Per chunk of bags the gather is transposed (:func:`_transposed_bags`); then, channel slice
+    by channel slice, one ``embedding_bag`` gathers each table row's weighted bag gradients
+    ([N*H*W, dc]) and the slice is copied (first chunk) or added into the result.
+    """
+    n, channels, height, width = input_shape
+    table_rows = n * height * width
+    # float16 gradients of several chunks are summed in float32 and rounded once at the end
+    acc_dtype = dtype if len(chunks) > 1 else grad_dtype
+    result = grad.new_empty(input_shape, dtype=acc_dtype)
+    if not chunks:
+        return result.zero_().to(grad_dtype)
+    most = max(c.count for c in chunks)
+    slices = _channel_slices(channels, table_rows + most, GRAD_MIN_CHANNELS)
+    buffer = grad.new_empty(most * slices[0][1], dtype=dtype)  # one chunk's bag gradients
+    fresh, table_grad = True, None  # table_grad: kept until its successor, as in _pool
+    for chunk in chunks:
+        transposed = _transposed_bags(chunk, table_rows)
+        if transposed is None:
+            continue
+        bags, bag_weights, starts = transposed
+        del transposed
+        for sl in slices:
+            bag_grad = _read_bins(grad, chunk, sl, buffer)  # [count, dc]
+            table_grad = None
+            table_grad = F.embedding_bag(
+                bags, bag_grad, starts, mode="sum", per_sample_weights=bag_weights
+            )  # [N*H*W, dc]
+            target = result[:, sl[0] : sl[1]]  # [N, dc, H, W] <- [N, H, W, dc]
+            update = table_grad.view(n, height, width, -1).permute(0, 3, 1, 2)
+            target.copy_(update) if fresh else target.add_(update)
+            del update  # a view: it would keep table_grad alive past its successor
+        fresh = False
+        del bags, bag_weights, starts
+    if fresh:
+        result.zero_()
+    return result.to(grad_dtype)
+
+
+class _RoIAlignFunction(torch.autograd.Function):
+    """The pooling with its own backward: only the RoIs are saved, the bags are rebuilt."""
+
+    @staticmethod
+    def forward(ctx, input, rois, out, spatial_scale, sampling_ratio, aligned, dtype, result_dtype):
+        """[K, D, ph, pw] in ``result_dtype``, computed in ``dtype``; saves only ``rois``."""
+        n, channels, height, width = input.shape
+        index_dtype = _index_dtype(n, (height, width))
+        geometry = ((height, width), out, spatial_scale, sampling_ratio, aligned, index_dtype)
+        ctx.save_for_backward(rois)
+        ctx.geometry, ctx.dtypes, ctx.input_shape = geometry, (dtype, input.dtype), input.shape
+        result = input.new_empty((rois.shape[0], channels, *out), dtype=result_dtype)
+        bins = result.view(rois.shape[0], channels, out[0] * out[1])  # [K, D, ph*pw]
+        _pool(input, _chunks(rois, *geometry, SAMPLE_BUDGET), bins, dtype)
+        return result
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        """The features' gradient [N, D, H, W]; none for the RoIs and the settings."""
+        (rois,) = ctx.saved_tensors
+        dtype, grad_dtype = ctx.dtypes
+        with autocast_off(grad.device.type):
+            features = math.prod(ctx.input_shape)
+            budget = min(GRAD_SAMPLE_BUDGET, max(4096, features // GRAD_ELEMENTS_PER_SAMPLE))
+            chunks = _chunks(rois, *ctx.geometry, budget)
+            (ph, pw) = ctx.geometry[1]
+            grad = grad.reshape(grad.shape[0], grad.shape[1], ph * pw)  # [K, D, ph*pw]
+            grad_input = _scatter(grad, chunks, tuple(ctx.input_shape), dtype, grad_dtype)
+        return grad_input, None, None, None, None, None, None, None
 
 
 class SampleGrid(NamedTuple):
@@ -492,13 +745,34 @@ def roi_align(
     autocast, like torchvision's autocast kernel, float16/bfloat16/float32 ``input`` and
     ``boxes`` are cast to float32 (float64 is left alone) and the result has ``input``'s dtype.
 
-    Memory: 4 corners x (index + weight) per sample, i.e. K*ph*pw*gh*gw*32 bytes in float32
-    (3.2 MB for 512 RoIs, 7 x 7 bins, 2 x 2 samples), besides the channels-last copy of
-    ``input`` and the output; the forward's temporaries are bounded by chunks of about
-    ``SAMPLE_BUDGET`` samples (more if one bin alone has more samples). With the adaptive ratio
-    the sample count follows the RoI area in feature pixels, about h*w per RoI; with autograd
-    the rows and weights of all samples are kept for the backward.
+    Memory: besides the output (and, in the backward, the gradient of ``input``) the
+    temporaries stay bounded, whatever K. The forward builds the bags for chunks of about
+    SAMPLE_BUDGET samples, 4 corners x (index + weight) = 32 bytes per sample in float32 (6.3 MB
+    for 1000 RoIs, 7 x 7 bins, 2 x 2 samples), and per slice of dc channels holds the
+    channels-last copy of that slice [N*H*W, dc] and a block of results (WORK_BUDGET elements,
+    but at least MIN_CHANNELS channels: 7 MB for a 200 x 272 map). The backward saves only the
+    RoIs: it rebuilds the bags in smaller chunks (GRAD_SAMPLE_BUDGET), sorts their (row, bag)
+    pairs (about 96 bytes per sample while sorting, 32 after) and holds, per slice of at least
+    GRAD_MIN_CHANNELS channels, the table's gradient [N*H*W, dc] and the chunk's bin gradients.
+    With several chunks and several slices, the forward copies every slice once per chunk and
+    the backward adds every chunk into the gradient (one more pass over it per chunk). With the
+    adaptive ratio the sample count follows the RoI area in feature pixels, about h*w per RoI.
     """
+    return _roi_align(input, boxes, output_size, spatial_scale, sampling_ratio, aligned)
+
+
+def _roi_align(
+    input: Tensor,
+    boxes: Tensor | list[Tensor],
+    output_size: int | tuple[int, int],
+    spatial_scale: float = 1.0,
+    sampling_ratio: int = -1,
+    aligned: bool = False,
+    check_values: bool = True,
+) -> Tensor:
+    """:func:`roi_align`; ``check_values=False`` skips its one host read (the batch indices
+    and the finiteness of the boxes), for a caller that has checked them already (the
+    multi-scale pooler checks every level's boxes with one read)."""
     _check_input(input)
     out = _pair(output_size)
     spatial_scale = _real("spatial_scale", spatial_scale)
@@ -506,7 +780,7 @@ def roi_align(
     rois = convert_boxes_to_roi_format(boxes)
     result_dtype = input.dtype
     input, rois = autocast_float32(input, rois)  # what torchvision's autocast kernel does
-    _check_rois(input, rois)
+    _check_rois(input, rois, values=check_values)
     # sums of 4 * gh * gw terms lose digits in 16 bits: pool float16/bfloat16 in float32
     compute_dtype = torch.float32 if input.dtype in LOW_PRECISION else input.dtype
     rois = rois.to(compute_dtype)
@@ -516,28 +790,17 @@ def roi_align(
         return input.reshape(-1)[:0].reshape(num_rois, 0, *out).to(result_dtype)
     if n * height * width == 0:  # nothing to sample from
         return input.new_zeros((num_rois, c, *out), dtype=result_dtype)
-    # rows must be contiguous: for N = 1 the reshape alone is a strided view (D stride H*W),
-    # and gathering such rows is several times slower. One copy makes the table (converting
-    # float16 on the way); channels_last input of the compute dtype needs none.
-    nhwc = input.permute(0, 2, 3, 1)  # [N, H, W, D]
-    if not (nhwc.is_contiguous() and nhwc.dtype == compute_dtype):
-        nhwc = nhwc.new_empty(nhwc.shape, dtype=compute_dtype).copy_(nhwc)
-    table = nhwc.reshape(n * height * width, c)  # [N*H*W, D]
-    index_dtype = _index_dtype(n, (height, width))
     with autocast_off(input.device.type):  # the dtypes are settled above
-        pooled = _pooled_bins(
-            table,
-            rois.detach(),
-            (height, width),
+        return _RoIAlignFunction.apply(
+            input,
+            rois.detach(),  # RoIs get no gradient, as in torchvision
             out,
             spatial_scale,
             sampling_ratio,
             aligned,
-            index_dtype,
-        )
-    # a 3-D transpose copies about 3x faster than the equivalent 4-D permute
-    pooled = pooled.reshape(num_rois, out[0] * out[1], c).transpose(1, 2).contiguous()
-    return pooled.reshape(num_rois, c, *out).to(result_dtype)  # [K, D, ph, pw]
+            compute_dtype,
+            result_dtype,
+        )  # [K, D, ph, pw]
 
 
 class RoIAlign(nn.Module):
