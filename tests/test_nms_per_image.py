@@ -179,7 +179,7 @@ def test_float16_matches_torchvision_under_autocast():
 
 @pytest.mark.parametrize(
     ("path", "expected"),
-    [("dense", {"tolist": 2}), ("dense-gathered", {"nonzero": 1, "tolist": 2})],
+    [("dense", {"tolist": 2}), ("dense-gathered", {"nonzero": 1, "tolist": 3})],
 )
 def test_dense_path_reads_the_host_two_or_three_times_for_any_batch(path, expected):
     from benchmarks.timing import OpCounter
@@ -191,8 +191,24 @@ def test_dense_path_reads_the_host_two_or_three_times_for_any_batch(path, expect
             _path(patch, path)
             with OpCounter() as counter:
                 ours = batched_nms_per_image(boxes, scores, idxs, valid, 0.5, 100)
-        assert counter.sync_ops == expected, images  # the flags, the counts (, the gather)
+        assert counter.sync_ops == expected, images  # the flags, the counts (, the gathers)
         _assert_same(ours, _torchvision(boxes, scores, idxs, valid, 0.5, 100))
+
+
+def test_many_candidates_keep_only_the_valid_ones_with_one_more_read():
+    # the RoI heads' case: K x (C - 1) candidates are too many for a band, the valid ones are not
+    from benchmarks.timing import OpCounter
+
+    sets = [_clustered(600, seed=s) for s in range(3)]
+    boxes, scores, idxs, valid = _batch(sets, groups=4, seed=5, invalid_fraction=0.7)
+    most_valid = int(valid.sum(dim=1).max())
+    with pytest.MonkeyPatch.context() as patch:
+        _path(patch, "dense")
+        patch.setattr(module, "_BAND_PAIRS_PER_IMAGE", most_valid * 599)  # only the valid fit
+        with OpCounter() as counter:
+            ours = batched_nms_per_image(boxes, scores, idxs, valid, 0.5, 50)
+    assert counter.sync_ops == {"tolist": 3}  # valid counts, the flags, the kept counts
+    _assert_same(ours, _torchvision(boxes, scores, idxs, valid, 0.5, 50))
 
 
 @pytest.mark.parametrize("path", ["dense", "dense-gathered"])

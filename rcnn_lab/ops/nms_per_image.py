@@ -251,15 +251,48 @@ def batched_nms_per_image(
 
     Host syncs on an accelerator, for a batch of any size: two for typical scenes (a flag
     every 16 rounds, then the per-image counts) when the band of K candidates fits
-    (K x max_group_size <= 2**23 pairs, as for the RPN); one more to gather the valid boxes
-    first otherwise (the RoI heads' candidates). On a CPU, reads are cheap and the blocked
-    path makes a few per block of 128 boxes.
+    (K x max_group_size <= 2**23 pairs, as for the RPN); one more otherwise, to keep only the
+    valid boxes (the RoI heads' candidates, K RoIs x C - 1 classes). On a CPU, reads are cheap
+    and the blocked path makes a few per block of 128 boxes.
     """
     _check_inputs(boxes, scores, idxs, valid)
     thr = _boxes._threshold_value(iou_threshold)
     n, k = scores.shape
     if n == 0 or k == 0:
         return [torch.empty((0,), dtype=torch.int64, device=boxes.device) for _ in range(n)]
+    width = max(1, min(k, max_group_size or k) - 1)  # boxes before another of its group
+    if k * width <= _BAND_PAIRS_PER_IMAGE:
+        return _solve(boxes, scores, idxs, valid, thr, top_n, width)
+    # too many candidates for a band of all of them (the RoI heads' K x (C - 1)): keep only
+    # the valid ones of each image, in index order, padded to the most valid ones of an image
+    counts = valid.sum(dim=1).tolist()  # sync: how many are valid in each image
+    if max(counts) == 0:
+        return [torch.empty((0,), dtype=torch.int64, device=boxes.device) for _ in range(n)]
+    where = torch.sort((~valid).to(torch.uint8), dim=1, stable=True).indices[:, : max(counts)]
+    kept = _solve(
+        boxes.gather(1, where[..., None].expand(-1, -1, 4)),
+        scores.gather(1, where),
+        idxs.gather(1, where),
+        valid.gather(1, where),
+        thr,
+        top_n,
+        width,
+    )
+    return [w[i] for w, i in zip(where, kept, strict=True)]
+
+
+def _solve(
+    boxes: Tensor,
+    scores: Tensor,
+    idxs: Tensor,
+    valid: Tensor,
+    thr: float,
+    top_n: int | None,
+    width: int,
+) -> list[Tensor]:
+    """:func:`batched_nms_per_image` of [N, K] candidates, with a band ``width`` (the most
+    boxes of a group before another) and the threshold ``thr`` as given."""
+    n, k = scores.shape
     coordinates, shifted_images = _shift_like_torchvision(boxes, idxs, valid)
     thr = _boxes._threshold_below(thr, coordinates.dtype)
     # each image's boxes by decreasing score, ties in index order (the order of torchvision's
@@ -276,7 +309,6 @@ def batched_nms_per_image(
     cols = torch.stack((x1, y1, x2, y2, (x2 - x1) * (y2 - y1)))  # [5, N*K]
     sorted_valid = valid.gather(1, order).reshape(-1)
     image = torch.arange(n, device=boxes.device).repeat_interleave(k)  # [N*K]
-    width = max(1, min(k, max_group_size or k) - 1)  # boxes before another of its group
     # the band on accelerators, and under torch.compile (the blocked path's reads per block
     # would each break the graph)
     dense = boxes.device.type not in _boxes._BLOCKED_DEVICES or torch.compiler.is_compiling()
