@@ -350,7 +350,7 @@ class RegionProposalNetwork(nn.Module):
 
         Per level top-n, clip, drop tiny and unlikely boxes, NMS per level, the post-NMS top-n:
         torchvision's steps and results, with a fixed number of host reads for any batch size
-        (:func:`~rcnn_lab.ops.batched_nms_per_image`).
+        (:func:`~rcnn_lab.ops.nms_per_image.batched_nms_per_image`).
 
         Args:
             proposals: [N, R, 4] decoded boxes.

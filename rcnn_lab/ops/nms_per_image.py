@@ -247,7 +247,7 @@ def batched_nms_per_image(
     be suppressed by the at most ``max_group_size - 1`` boxes just before it. On an
     accelerator every box is compared with those at once (a band of pairs), and boxes are
     decided in rounds of one product each (:func:`_banded_keep`); on a CPU the valid boxes
-    run :func:`rcnn_lab.ops.nms`'s blocked path, all groups of all images in one pass.
+    run :func:`rcnn_lab.ops.boxes.nms`'s blocked path, all groups of all images in one pass.
 
     Host syncs on an accelerator, for a batch of any size: two for typical scenes (a flag
     every 16 rounds, then the per-image counts) when the band of K candidates fits
