@@ -31,6 +31,19 @@ def _path(patch: pytest.MonkeyPatch, path: str) -> None:
         patch.setattr(module, "_BAND_PAIR_BUDGET", 1)
 
 
+def _count_blocked_calls(patch: pytest.MonkeyPatch) -> list[int]:
+    """Record the number of boxes of every call of the blocked path (the band's fallback)."""
+    calls = []
+    blocked = module._blocked_keep
+
+    def counting(*args):
+        calls.append(args[0].shape[1])
+        return blocked(*args)
+
+    patch.setattr(module, "_blocked_keep", counting)
+    return calls
+
+
 def _torchvision(boxes, scores, idxs, valid, threshold, top_n=None):
     """The reference: one torchvision batched_nms per image, on its valid boxes only."""
     result = []
@@ -215,16 +228,9 @@ def test_many_candidates_keep_only_the_valid_ones_with_one_more_read():
 def test_a_wrong_group_size_hint_costs_speed_not_results(path):
     sets = [_clustered(300, seed=s) for s in range(2)]
     boxes, scores, idxs, valid = _batch(sets, groups=2, seed=4)  # groups of ~150 boxes
-    calls = []
-    blocked = module._blocked_keep
-
-    def counting(*args):
-        calls.append(args[0].shape[1])
-        return blocked(*args)
-
     with pytest.MonkeyPatch.context() as patch:
         _path(patch, path)
-        patch.setattr(module, "_blocked_keep", counting)
+        calls = _count_blocked_calls(patch)
         ours = batched_nms_per_image(boxes, scores, idxs, valid, 0.5, max_group_size=10)
         assert len(calls) == 1  # the band was too narrow: the blocked path solved it
         right = batched_nms_per_image(boxes, scores, idxs, valid, 0.5, max_group_size=300)
@@ -240,17 +246,10 @@ def test_dense_path_hands_long_chains_to_the_blocked_path():
     chain, chain_scores = _chain(60, torch.float32)  # 30 rounds
     boxes, scores = torch.stack([chain, chain + 1]), torch.stack([chain_scores] * 2)
     idxs, valid = torch.zeros(2, 60, dtype=torch.int64), torch.ones(2, 60, dtype=torch.bool)
-    calls = []
-    blocked = module._blocked_keep
-
-    def counting(*args):
-        calls.append(args[0].shape[1])
-        return blocked(*args)
-
     with pytest.MonkeyPatch.context() as patch:
         _path(patch, "dense")
         patch.setattr(boxes_module, "_DENSE_CHECKS", 1)  # 16 rounds: too few for this chain
-        patch.setattr(module, "_blocked_keep", counting)
+        calls = _count_blocked_calls(patch)
         ours = batched_nms_per_image(boxes, scores, idxs, valid, 0.5)
     assert calls == [120]  # the band, then the gathered band, gave up
     _assert_same(ours, _torchvision(boxes, scores, idxs, valid, 0.5))

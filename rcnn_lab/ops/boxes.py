@@ -495,84 +495,56 @@ def _greedy_keep(cols: Tensor, thr: float, labels: Tensor | None = None) -> Tens
 
 
 def _dense_overlaps(cols: Tensor, thr: float, labels: Tensor | None) -> Tensor:
-    """[G, n, n] bool: box i overlaps box j above thr (same label) and i < j, in each of G sets.
+    """[N, N] bool: box i overlaps box j above thr (same label) and i < j; ``cols`` is [5, N].
 
-    ``cols`` is [5, G, n] (:func:`_sorted_columns` rows for G sets of n boxes), ``labels``
-    [G, n] or None. IoU is symmetric bit for bit (max, min and the sum of the two areas
-    commute), so row i holds what torchvision's loop computes when it meets box i kept.
+    IoU is symmetric bit for bit (max, min and the sum of the two areas commute), so row i
+    holds what torchvision's loop computes when it meets box i kept.
     """
-    _, g, n = cols.shape
-    over = torch.zeros((g, n, n), dtype=torch.bool, device=cols.device)
-    rows = max(1, _DENSE_PAIR_BUDGET // max(1, g * n))
+    n = cols.shape[1]
+    over = torch.zeros((n, n), dtype=torch.bool, device=cols.device)
+    rows = max(1, _DENSE_PAIR_BUDGET // n)
     for start in range(0, n, rows):
         stop = min(n, start + rows)
-        block = _pair_iou(cols[:, :, start:stop], cols[:, :, start:]) > thr  # [G, rows, n - start]
-        if labels is not None:  # NMS never crosses labels
-            block &= labels[:, start:stop, None] == labels[:, None, start:]
-        over[:, start:stop, start:] = block
+        pair_labels = None if labels is None else (labels[start:stop], labels[start:])
+        over[start:stop, start:] = _overlaps(cols[:, start:stop], cols[:, start:], thr, pair_labels)
     return over.triu_(diagonal=1)
 
 
-def _dense_hitters(cols: Tensor, thr: float, labels: Tensor | None) -> Tensor:
-    """[G, n, n] float: row j of set g is 1.0 at each box i < j that overlaps j (same label)."""
-    return _dense_overlaps(cols, thr, labels).transpose(1, 2).float()
-
-
-def _dense_rounds(
-    hit_by: Tensor, kept: Tensor, undecided: Tensor, rounds: int
-) -> tuple[Tensor, Tensor]:
-    """``rounds`` rounds of the dense resolution (:func:`_dense_keep_mask`), with no host read.
-
-    ``hit_by`` [G, n, n] from :func:`_dense_hitters`; ``kept`` and ``undecided`` [G, n] floats
-    of 0.0 and 1.0. A round counts, for every box, the kept and the undecided boxes above it
-    that overlap it (one [n, n] x [n, 2] product per set; integers below 2**24, exact in
-    float32): a box with a kept hitter is suppressed, one with no kept or undecided hitter
-    is kept. Returns the new (kept, undecided).
-    """
-    for _ in range(rounds):
-        counts = torch.bmm(hit_by, torch.stack((kept, undecided), dim=2))  # [G, n, 2]
-        newly_kept = undecided * (counts == 0).all(dim=2)
-        suppressed = undecided * (counts[..., 0] > 0)
-        kept = kept + newly_kept
-        undecided = undecided - newly_kept - suppressed
-    return kept, undecided
-
-
-def _dense_keep_mask(
-    cols: Tensor, thr: float, labels: Tensor | None = None, valid: Tensor | None = None
-) -> Tensor | None:
-    """[G, n] bool: the boxes that greedy NMS keeps in each of G sets of score-sorted boxes.
-
-    ``cols`` [5, G, n] (:func:`_sorted_columns` rows); ``labels`` [G, n] or None; ``valid``
-    [G, n] bool or None: an invalid box takes no part (it is decided "not kept" from the
-    start, so it suppresses nothing), as if it had been removed beforehand.
-
-    Every pair is compared at once (:func:`_dense_overlaps`), then boxes are decided in rounds
-    (:func:`_dense_rounds`): a box is suppressed as soon as a kept box above it overlaps it,
-    and kept as soon as every box above it that overlaps it is suppressed. Each round decides
-    at least the first undecided box of each set, and decisions are final, so this is greedy
-    NMS exactly. The host reads one flag per ``_DENSE_ROUNDS`` rounds: one sync for typical
-    scenes. Returns None when boxes are still undecided after ``_DENSE_CHECKS`` checks (a long
-    chain of suppressions); the blocked path then solves it.
-    """
-    hit_by = _dense_hitters(cols, thr, labels)
-    kept = hit_by.new_zeros(hit_by.shape[:2])  # [G, n] 1.0: decided, kept
-    undecided = torch.ones_like(kept) if valid is None else valid.to(kept.dtype)  # [G, n]
-    for _ in range(_DENSE_CHECKS):
-        kept, undecided = _dense_rounds(hit_by, kept, undecided, _DENSE_ROUNDS)
-        if not undecided.any():  # sync: one flag per _DENSE_ROUNDS rounds
-            return kept.bool()
-    return None
+def _settle_round(kept: Tensor, undecided: Tensor, counts: Tensor) -> tuple[Tensor, Tensor]:
+    """One round of deciding boxes on the device: the new (kept, undecided), [...] floats of
+    0.0 and 1.0, from ``counts`` [..., 2], each box's kept and undecided hitters (boxes above it
+    that overlap it). A box with a kept hitter is suppressed; one with no kept or undecided
+    hitter is kept. Shared by the dense path here and the banded one of
+    :mod:`rcnn_lab.ops.nms_per_image`."""
+    newly_kept = undecided * (counts == 0).all(dim=-1)
+    suppressed = undecided * (counts[..., 0] > 0)
+    return kept + newly_kept, undecided - newly_kept - suppressed
 
 
 def _dense_keep(cols: Tensor, thr: float, labels: Tensor | None = None) -> Tensor | None:
     """Positions (ascending) that greedy NMS keeps among score-sorted boxes ``cols`` [5, N].
 
-    The dense path (:func:`_dense_keep_mask`) on one set: two host syncs for typical scenes
-    (a flag, and the kept positions), or None for a long chain of suppressions.
+    Every pair is compared at once (:func:`_dense_overlaps`), then boxes are decided in rounds
+    (:func:`_settle_round`): a box is suppressed as soon as a kept box above it overlaps it,
+    and kept as soon as every box above it that overlaps it is suppressed. Each round decides
+    at least the first undecided box, and decisions are final, so this is greedy NMS exactly;
+    a round is one [N, N] x [N, 2] product that counts, for every box, the kept and the
+    undecided boxes above it that overlap it (integers below 2**24: exact in float32). The host
+    reads one flag per ``_DENSE_ROUNDS`` rounds, and the kept positions: two syncs for typical
+    scenes. Returns None when boxes are still undecided after ``_DENSE_CHECKS`` checks (a long
+    chain of suppressions); the blocked path then solves it.
     """
-    keep = _dense_keep_mask(cols[:, None], thr, None if labels is None else labels[None])
-    return None if keep is None else keep[0].nonzero().squeeze(1)
+    hit_by = _dense_overlaps(cols, thr, labels).t().float()  # [N, N] row j: boxes that can hit j
+    n = hit_by.shape[0]
+    kept = torch.zeros(n, dtype=hit_by.dtype, device=hit_by.device)  # [N] 1.0: decided, kept
+    undecided = torch.ones_like(kept)  # [N]
+    for _ in range(_DENSE_CHECKS):
+        for _ in range(_DENSE_ROUNDS):
+            counts = hit_by @ torch.stack((kept, undecided), dim=1)  # [N, 2]
+            kept, undecided = _settle_round(kept, undecided, counts)
+        if not undecided.any():  # sync: one flag per _DENSE_ROUNDS rounds
+            return kept.nonzero().squeeze(1)
+    return None
 
 
 def _keep_positions(cols: Tensor, thr: float, labels: Tensor | None = None) -> Tensor:

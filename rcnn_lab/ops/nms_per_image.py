@@ -140,7 +140,7 @@ def _band_hitters(cols: Tensor, sets: Tensor, thr: float, width: int) -> Tensor:
 def _banded_keep(cols: Tensor, sets: Tensor, thr: float, width: int, valid: Tensor | None):
     """[V] bool: greedy NMS of boxes sorted by set, then by decreasing score, or None.
 
-    The dense resolution of :func:`_boxes._dense_keep_mask`, but each box is compared only with
+    The dense resolution of :func:`_boxes._dense_keep`, but each box is compared only with
     the ``width`` boxes before it: a set of at most ``width + 1`` boxes is a diagonal block of
     width + 1, so a band of [V, width] pairs holds every overlap, and a round is one
     [V, width] x [V, width, 2] product. ``valid`` [V] (or None): invalid boxes take no part.
@@ -175,10 +175,7 @@ def _band_rounds(hit: Tensor, kept: Tensor, undecided: Tensor, width: int) -> tu
     for _ in range(_boxes._DENSE_ROUNDS):
         state = _windows(torch.stack((kept, undecided)), width, 0.0)  # [2, V, width]
         counts = torch.einsum("vt,cvt->vc", hit, state)  # [V, 2] kept, undecided hitters
-        newly_kept = undecided * (counts == 0).all(dim=1)
-        suppressed = undecided * (counts[:, 0] > 0)
-        kept = kept + newly_kept
-        undecided = undecided - newly_kept - suppressed
+        kept, undecided = _boxes._settle_round(kept, undecided, counts)
     return kept, undecided
 
 

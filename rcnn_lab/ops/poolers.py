@@ -87,11 +87,6 @@ def setup_scales(
     return scales, LevelMapper(k_min, k_max, canonical_scale, canonical_level)
 
 
-def first_batch(features: list[Tensor]) -> int:
-    """The batch size N of the first feature map [N, D, H, W]."""
-    return int(features[0].shape[0])
-
-
 #: The per-level pooling function's signature, (feature [N, D, H, W], rois [K, 5],
 #: output_size (ph, pw), spatial_scale) -> [K, D, ph, pw].
 PoolFunction = Callable[[Tensor, Tensor, tuple[int, int], float], Tensor]
@@ -182,11 +177,11 @@ class MultiScalePooler(nn.Module):
         if len(features) == 1:
             return self.pool_level(features[0], rois, self.scales[0])
         # boxes of image n read row n of the maps: none may belong to an image they lack
-        extra = [len(b) for b in boxes[first_batch(features) :]]  # host-side lengths
-        if any(extra):
+        batch = int(features[0].shape[0])
+        if any(len(b) for b in boxes[batch:]):  # host-side lengths
             raise ValueError(
                 f"boxes lists {len(boxes)} images but the features hold a batch of "
-                f"{first_batch(features)}: the boxes of images beyond it have no features"
+                f"{batch}: the boxes of images beyond it have no features"
             )
         levels = self.map_levels(boxes)  # [K]
         # A box of negative area has a NaN level (log of a negative): it maps to no level and
